@@ -1,0 +1,57 @@
+"""The `drivemoe` command: one sub-command per job, each implemented in its own module.
+
+A sub-command module provides `add_arguments(parser)` and `main(args) -> int`. Modules are
+imported only when their sub-command runs, so `drivemoe --help` is fast and a missing optional
+dependency of one command does not break the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from model.errors import DriveMoEError as UserError  # noqa: F401  (re-exported for sub-commands)
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("agent.demo", "run the built-in demo: no CARLA, no GPU, no downloaded weights"),
+    "convert": ("model.convert", "convert an authors' checkpoint into model.safetensors + config.json"),
+    "predict": ("model.predict", "run the network on a fixture-format inputs.safetensors"),
+    "bench": ("model.bench", "benchmark inference latency and memory per stage"),
+    "replay": ("agent.replay", "replay a recorded Bench2Drive clip through the agent stack"),
+    "debug-video": ("agent.debug_video", "render a routing trace as a debug video"),
+    "routing-report": ("agent.routing_report", "plots of camera and expert choices over routes"),
+    "prepare-data": ("model.training.prepare_data", "index Bench2Drive clips for training"),
+    "train": ("model.training.train", "train DriveMoE / Drive-pi0"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drivemoe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if only == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.main(args) or 0)
+    except (UserError, FileNotFoundError, ValueError) as error:
+        print(f"drivemoe {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

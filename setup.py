@@ -1,0 +1,43 @@
+"""Packaging for the DriveMoE Bench2Drive agent (distribution name `drivemoe`)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="drivemoe",
+    version="0.1.0",
+    description="DriveMoE / Drive-pi0 driving VLA: network, CARLA leaderboard agent, Bench2Drive evaluation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["model", "model.*", "agent", "agent.*", "bench2drive_eval", "bench2drive_eval.*"]),
+    include_package_data=True,
+    install_requires=[
+        # the network, inference and training
+        "torch>=2.3",
+        # SigLIP/Gemma reference forward in the parity tests, the PaliGemma tokenizer and HF weight folders
+        "transformers>=4.45",
+        # checkpoints without pickle
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        # JPEG round trip and resizing of camera frames, video writing (headless build: no GUI libraries needed on servers)
+        "opencv-python-headless>=4.8",
+        # agent and training configs
+        "pyyaml>=6.0",
+        # progress bars for long work
+        "tqdm>=4.60",
+        # plots in reports
+        "matplotlib>=3.7",
+        # Savitzky-Golay filter of the Bench2Drive comfort metric (same filter as upstream)
+        "scipy>=1.10",
+    ],
+    extras_require={
+        # the CARLA 0.9.15 Python client for Python 3.10-3.12 (import name `carla`)
+        "carla": ["carla-0-9-15"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "sentencepiece>=0.1.99", "tokenizers>=0.15"],
+    },
+    entry_points={
+        "console_scripts": [
+            "drivemoe=model.cli:main",
+            "bench2drive-eval=bench2drive_eval.cli:main",
+        ]
+    },
+)

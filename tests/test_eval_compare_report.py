@@ -1,0 +1,106 @@
+"""`compare` and `report` on the shared DriveMoE / Drive-pi0 result files: numbers match `metrics`, plots are real."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench2drive_eval.cli import main as cli_main
+from bench2drive_eval.compare import compare_metrics
+from bench2drive_eval.metrics import compute_metrics
+from bench2drive_eval.results import load_run
+
+
+@pytest.fixture(scope="module")
+def files(drivemoe_reference: Path, bench2drive_shared: Path) -> dict[str, Path]:
+    results = drivemoe_reference / "official_results"
+    return {
+        "drivemoe": results / "drivemoe_base_bf16_seed1.json",
+        "drivepi": results / "drivepi_base_bf16.json",
+        "routes": bench2drive_shared / "routes" / "bench2drive220.xml",
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(files):
+    return (compute_metrics(load_run(files["drivepi"]), routes=files["routes"]),
+            compute_metrics(load_run(files["drivemoe"]), routes=files["routes"]))
+
+
+def assert_real_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.is_file() and path.stat().st_size > 10_000, path
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 300
+    # More than a blank canvas: many distinct colours.
+    assert len({tuple(px) for px in image[::7, ::7, :3].reshape(-1, 3).round(2).tolist()}) > 5
+
+
+def raw_records(path: Path) -> dict[str, dict]:
+    return {r["route_id"].split("_")[1]: r for r in json.loads(path.read_text())["_checkpoint"]["records"]}
+
+
+def test_flips_are_consistent_and_explained(files, runs):
+    pi0, moe = runs
+    comparison = compare_metrics(pi0, moe, "Drive-pi0", "DriveMoE")
+    up, down = comparison.flips("fail->success"), comparison.flips("success->fail")
+    # Net flips equal the change in successful routes.
+    successes = lambda m: round(m.success_rate * m.total_routes / 100)  # noqa: E731
+    assert len(up) - len(down) == successes(moe) - successes(pi0) == 41
+    assert comparison.headline["driving_score"] == (pi0.driving_score, moe.driving_score)
+    assert comparison.abilities["Emergency_Brake"] == (pi0.abilities["Emergency_Brake"], moe.abilities["Emergency_Brake"])
+    raw_pi0, raw_moe = raw_records(files["drivepi"]), raw_records(files["drivemoe"])
+    for delta, failing in [(d, raw_pi0) for d in up] + [(d, raw_moe) for d in down]:
+        record = failing[delta.route_id]
+        assert delta.why
+        # Every infraction named in the explanation is really in the failing attempt's record.
+        for part in delta.why.split("; "):
+            if part.startswith("status"):
+                assert record["status"] in part
+            else:
+                name = part.split(" x")[0]
+                assert record["infractions"][name], (delta.route_id, name)
+    assert len(comparison.routes) == 220
+    # The per-infraction summary counts the same thing, recomputed here from the raw records.
+    for name in ("collisions_vehicle", "outside_route_lanes", "collisions_layout"):
+        expected = sum(len(raw_pi0[d.route_id]["infractions"][name]) > len(raw_moe[d.route_id]["infractions"][name])
+                       for d in up)
+        assert comparison.flip_reasons("fail->success").get(name, 0) == expected > 0
+
+
+def test_compare_cli_writes_table_and_plots(tmp_path, files, runs, capsys):
+    out = tmp_path / "cmp"
+    rc = cli_main(["compare", str(files["drivepi"]), str(files["drivemoe"]), "--routes", str(files["routes"]),
+                   "--label-a", "Drive-pi0", "--label-b", "DriveMoE", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    pi0, moe = runs
+    assert f"| driving_score | {pi0.driving_score:.2f} | {moe.driving_score:.2f} | +{moe.driving_score - pi0.driving_score:.2f} |" in text
+    assert "Routes that became successes with DriveMoE (50)" in text
+    data = json.loads((out / "compare.json").read_text())
+    assert data["headline"]["success_rate"]["delta"] == pytest.approx(moe.success_rate - pi0.success_rate)
+    assert (out / "compare.md").read_text().startswith("# DriveMoE vs Drive-pi0")
+    for name in ("compare_abilities.png", "compare_routes.png", "compare_infractions.png", "compare_towns.png"):
+        assert_real_png(out / name)
+    rows = (out / "compare_routes.csv").read_text().splitlines()
+    assert len(rows) == 221 and sum(",fail->success," in r for r in rows) == 50
+
+
+def test_report_cli_matches_metrics(tmp_path, files, runs, capsys):
+    out = tmp_path / "report"
+    rc = cli_main(["report", str(files["drivemoe"]), "--routes", str(files["routes"]), "--out", str(out),
+                   "--title", "DriveMoE seed 1"])
+    assert rc == 0
+    moe = runs[1]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# DriveMoE seed 1")
+    assert f"| Driving Score | {moe.driving_score:.2f} |" in report and "| Driving Score | 74.22 |" in report
+    assert f"| Success Rate (%) | {moe.success_rate:.2f} |" in report
+    assert f"| Emergency_Brake | {moe.abilities['Emergency_Brake']:.2f} |" in report
+    for name in ("scores.png", "abilities.png", "infractions.png", "towns.png"):
+        assert f"]({name})" in report
+        assert_real_png(out / name)
+    assert json.loads((out / "metrics.json").read_text())["driving_score"] == pytest.approx(moe.driving_score)
+    assert "report.md" in capsys.readouterr().out

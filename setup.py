@@ -24,6 +24,8 @@ setup(
         "pyyaml>=6.0",
         # progress bars for long work
         "tqdm>=4.60",
+        # the exact resize of the authors' pipeline (torchvision Resize on a PIL image)
+        "pillow>=9.0",
         # plots in reports
         "matplotlib>=3.7",
         # Savitzky-Golay filter of the Bench2Drive comfort metric (same filter as upstream)

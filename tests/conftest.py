@@ -26,3 +26,13 @@ def drivemoe_reference() -> Path:
 @pytest.fixture(scope="session")
 def bench2drive_shared() -> Path:
     return require_shared(BENCH2DRIVE_SHARED)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The tiny test models are far too small to gain from intra-op threads; on two cores extra
+    # threads only thrash. Tests that need more threads set them themselves.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)

@@ -1,0 +1,266 @@
+"""The inference entry point (docs/policy-api.md): raw observation in, waypoints in metres and routing out.
+
+`DrivePolicy` owns everything between the sensors' numbers and the network's normalised tensors:
+image preprocessing (JPEG round trip, resize, pixel scaling), ego-state and goal normalisation, the
+prompt tokens (ids stored in the config, no tokenizer), the flow noise (seeded or given) and the
+un-normalisation of the trajectory. Camera images are read lazily: the two front images first, then
+the camera router, then only the selected camera(s).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from model.cameras import FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES
+from model.config import ModelConfig
+from model.drivemoe import DriveMoE
+from model.ego_state import EgoStateHistory
+from model.errors import CheckpointError, ObservationError
+from model.image_preprocessing import (
+    PreparedImage,
+    prepare_camera_image,
+    to_pixel_values,
+    validate_prepared_image,
+)
+from model.normalization import NormalizationStats
+from model.prompt import build_prompt_tokens
+
+TIMING_KEYS: tuple[str, ...] = ("preprocess", "vision", "router", "prefix", "denoise", "total")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One model step's input, in raw units (see docs/policy-api.md)."""
+
+    images: Mapping[str, "np.ndarray | PreparedImage"]  # keys from model.cameras.MODEL_IMAGE_ORDER, read lazily
+    ego_history: EgoStateHistory  # config.flow.cond_steps steps, oldest first
+    jpeg_quality: int | None = 20  # JPEG round trip for raw frames; None: frames are dataset JPEGs already
+    seed: int | None = None  # seeded flow noise; with neither seed nor noise the draw is unseeded
+    noise: np.ndarray | None = None  # explicit initial noise [H, A]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The policy's output for one observation (numpy, no batch dimension)."""
+
+    waypoints: np.ndarray  # [H, 2] metres, ego frame (x forward, y right)
+    normalized_actions: np.ndarray  # [H, 2] in [-1, 1]
+    camera_logits: np.ndarray | None  # [5] over ROUTER_CANDIDATES (None for Drive-pi0)
+    camera_probs: np.ndarray | None  # [5]
+    selected_cameras: tuple[str, ...]  # top-K camera names, best first; () for Drive-pi0
+    action_router_logits: np.ndarray | None  # [N_steps, E]
+    action_router_weights: np.ndarray | None  # [N_steps, k]
+    action_router_experts: np.ndarray | None  # [N_steps, k] expert ids, by descending weight
+    prepared_images: dict[str, PreparedImage] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per call (shared by a batch's predictions)
+
+
+def normalize_ego_history(history: EgoStateHistory, stats: NormalizationStats, cond_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw ego-state history -> (normalised proprio [T, 10], normalised goal point [2]), float32.
+
+    The goal point is the normalised far command of the newest step. Errors name the bad field.
+    """
+    if not isinstance(history, EgoStateHistory):
+        raise ObservationError(f"ego_history must be an EgoStateHistory, got {type(history).__name__}")
+    try:
+        raw = torch.from_numpy(history.as_array())  # validates shapes and finiteness per field
+    except ValueError as error:
+        raise ObservationError(f"ego_history: {error}") from None
+    if raw.shape[0] != cond_steps:
+        raise ObservationError(f"ego_history has {raw.shape[0]} steps, the model expects cond_steps = {cond_steps}")
+    proprio = stats.normalize_ego_state(raw[:, 0], raw[:, 1:4], raw[:, 4:7], raw[:, 7], raw[:, 8], raw[:, 9])
+    goal = stats.normalize_goal(raw[:, 8], raw[:, 9])
+    return proprio, goal
+
+
+def _read_image(images: Mapping[str, object], camera: str) -> object:
+    if not isinstance(images, Mapping):
+        raise ObservationError(f"observation.images must be a Mapping camera name -> image, got {type(images).__name__}")
+    try:
+        return images[camera]
+    except KeyError:
+        try:
+            available = sorted(images.keys())
+        except Exception:  # a lazy mapping may not list its keys cheaply
+            available = "unknown"
+        raise ObservationError(f"camera {camera!r} missing from observation.images (available: {available})") from None
+
+
+class DrivePolicy:
+    """Inference wrapper around a DriveMoE / Drive-pi0 network (see docs/policy-api.md)."""
+
+    def __init__(self, model: DriveMoE, config: ModelConfig | None = None, prompt_token_ids: Sequence[int] | None = None) -> None:
+        config = model.config if config is None else config
+        if prompt_token_ids is not None:
+            config = replace(config, sequence=replace(config.sequence, prompt_token_ids=tuple(int(i) for i in prompt_token_ids)))
+        ids = config.sequence.prompt_token_ids
+        if ids is None:
+            raise CheckpointError(
+                f"model config {config.name!r} has no sequence.prompt_token_ids: convert the checkpoint with "
+                "--tokenizer PALIGEMMA_DIR, or pass prompt_token_ids"
+            )
+        self.model = model.eval()
+        self.config = config
+        input_ids, attention_mask = build_prompt_tokens(
+            ids, config.num_image_tokens, config.max_seq_len, config.sequence.image_token_id, config.sequence.pad_token_id
+        )
+        self._input_ids = torch.from_numpy(input_ids).to(model.device)
+        self._attention_mask = torch.from_numpy(attention_mask).to(model.device)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = None) -> "DrivePolicy":
+        """Load a converted folder (model.safetensors + config.json); dtype None keeps the stored one."""
+        from model.checkpoints import load_pretrained
+
+        model, config = load_pretrained(model_dir, device=device, dtype=dtype)
+        return cls(model, config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def uses_camera_router(self) -> bool:
+        return self.config.use_camera_router
+
+    def predict(self, observation: Observation) -> Prediction:
+        return self.predict_batch([observation])[0]
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _prepare(self, observation: Observation, camera: str, prepared: dict[str, PreparedImage]) -> np.ndarray:
+        value = _read_image(observation.images, camera)
+        if isinstance(value, PreparedImage):
+            validate_prepared_image(value, self.image_size, camera)
+            image = value
+        else:
+            image = prepare_camera_image(value, self.image_size, observation.jpeg_quality, camera=camera)  # type: ignore[arg-type]
+        prepared[camera] = image
+        return image.chw
+
+    def _noise(self, observations: Sequence[Observation]) -> torch.Tensor:
+        """[B, H, A] float32; drawn on the CPU so a seed gives the same noise on every device."""
+        f = self.config.flow
+        shape = (f.horizon, f.action_dim)
+        rows = []
+        for i, obs in enumerate(observations):
+            if obs.noise is not None and obs.seed is not None:
+                raise ObservationError(f"observation {i}: give either seed or noise, not both")
+            if obs.noise is not None:
+                noise = np.asarray(obs.noise)
+                if noise.shape != shape:
+                    raise ObservationError(f"observation {i}: noise has shape {noise.shape}, expected {shape}")
+                if not np.all(np.isfinite(noise)):
+                    raise ObservationError(f"observation {i}: noise contains NaN or inf")
+                rows.append(torch.from_numpy(noise.astype(np.float32)))
+            elif obs.seed is not None:
+                generator = torch.Generator().manual_seed(int(obs.seed))
+                rows.append(torch.randn(shape, generator=generator, dtype=torch.float32))
+            else:
+                rows.append(torch.randn(shape, dtype=torch.float32))
+        return torch.stack(rows).to(self.device)
+
+    # ---- the whole step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_batch(self, observations: Sequence[Observation]) -> list[Prediction]:
+        """One forward pass for a batch of observations; one Prediction per observation."""
+        if len(observations) == 0:
+            raise ObservationError("predict_batch needs at least one observation")
+        cfg = self.config
+        model = self.model
+        device = self.device
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        self._sync()
+        start = time.perf_counter()
+
+        # Host-side inputs: ego state, goal, noise, fronts.
+        clock = time.perf_counter()
+        ego = [normalize_ego_history(obs.ego_history, cfg.stats, cfg.flow.cond_steps) for obs in observations]
+        proprio = torch.stack([p for p, _ in ego]).to(device)
+        goal = torch.stack([g for _, g in ego]).to(device)
+        noise = self._noise(observations)
+        prepared: list[dict[str, PreparedImage]] = [{} for _ in observations]
+        fronts = np.stack([
+            np.stack([self._prepare(obs, FRONT, prepared[i]), self._prepare(obs, FRONT_PREVIOUS, prepared[i])])
+            for i, obs in enumerate(observations)
+        ])
+        front_pixels = to_pixel_values(torch.from_numpy(fronts)).to(device)
+        timings["preprocess"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        front_tokens = model.encode_images(front_pixels)
+        self._sync()
+        timings["vision"] += time.perf_counter() - clock
+
+        camera_logits = selected = view_tokens = None
+        if model.camera_router is not None:
+            clock = time.perf_counter()
+            camera_logits = model.route_cameras(front_tokens[:, 0], goal)
+            selected = model.select_views(camera_logits).cpu()  # the host must know which cameras to read
+            timings["router"] += time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            views = np.stack([
+                np.stack([self._prepare(obs, ROUTER_CANDIDATES[int(k)], prepared[i]) for k in selected[i]])
+                for i, obs in enumerate(observations)
+            ])
+            view_pixels = to_pixel_values(torch.from_numpy(views)).to(device)
+            timings["preprocess"] += time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            view_tokens = model.encode_views(view_pixels, selected.to(device))
+            self._sync()
+            timings["vision"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        batch = len(observations)
+        cache = model.build_prefix_cache(
+            self._input_ids.expand(batch, -1), self._attention_mask.expand(batch, -1),
+            model.prefix_image_tokens(front_tokens, view_tokens), proprio,
+        )
+        self._sync()
+        timings["prefix"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        out = model.denoise(cache, noise=noise)
+        self._sync()
+        timings["denoise"] += time.perf_counter() - clock
+
+        actions = out["final_action"].float()
+        waypoints = cfg.stats.denormalize_trajectory(actions).cpu().numpy()
+        actions_np = actions.cpu().numpy()
+        router = {k: out[f"action_router_{k}"].float().cpu().numpy() for k in ("logits", "topk_weights")} if "action_router_logits" in out else None
+        experts = out["action_router_topk_idx"].cpu().numpy() if "action_router_topk_idx" in out else None
+        logits_np = camera_logits.float().cpu().numpy() if camera_logits is not None else None
+        probs_np = torch.softmax(camera_logits.float(), dim=-1).cpu().numpy() if camera_logits is not None else None
+        timings["total"] = time.perf_counter() - start
+        timings_ms = {k: v * 1000.0 for k, v in timings.items()}
+
+        predictions = []
+        for i in range(batch):
+            predictions.append(Prediction(
+                waypoints=waypoints[i],
+                normalized_actions=actions_np[i],
+                camera_logits=None if logits_np is None else logits_np[i],
+                camera_probs=None if probs_np is None else probs_np[i],
+                selected_cameras=() if selected is None else tuple(ROUTER_CANDIDATES[int(k)] for k in selected[i]),
+                action_router_logits=None if router is None else router["logits"][:, i],
+                action_router_weights=None if router is None else router["topk_weights"][:, i],
+                action_router_experts=None if experts is None else experts[:, i],
+                prepared_images=prepared[i],
+                timings_ms=dict(timings_ms),
+            ))
+        return predictions

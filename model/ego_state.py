@@ -7,7 +7,8 @@ Per history step (oldest first), 10 values:
   0 speed              m/s, forward speed (speedometer / annotation `speed`)
   1-3 acceleration     m/s^2, IMU accelerometer x, y, z (sensor frame = ego frame)
   4-6 angular velocity rad/s, IMU gyroscope x, y, z
-  7 theta              rad, heading of that step relative to the current heading
+  7 theta              rad, heading of that step relative to the current heading:
+                       wrap(compass_step - compass_current), positive = clockwise (to the right)
   8-9 command far x, y metres, the far route target point of that step, expressed in the
                        ego frame of the *current* step (x forward, y right)
 """
@@ -94,3 +95,57 @@ class EgoStateHistory:
     def goal_point(self) -> np.ndarray:
         """The camera router's goal point: the far command of the last (newest) step, metres."""
         return np.asarray(self.command_far, dtype=np.float64)[-1]
+
+
+def wrap_angle(angle: np.ndarray | float) -> np.ndarray | float:
+    """Wrap radians into [-pi, pi)."""
+    return (np.asarray(angle) + np.pi) % (2.0 * np.pi) - np.pi
+
+
+@dataclass(frozen=True)
+class EgoWorldRecord:
+    """One time step of ego measurements in world terms, as sensors or dataset annotations give them.
+
+    x, y             metres, CARLA world frame (x east, y south; dataset annotations `x`, `y`)
+    compass          rad, 0 = north, clockwise positive (IMU compass; dataset `theta`)
+    speed            m/s, forward speed
+    acceleration     m/s^2, IMU accelerometer (ego frame: x forward, y right, z up)
+    angular_velocity rad/s, IMU gyroscope (ego frame)
+    command_far      metres, the far route target point in the CARLA world frame (dataset
+                     `x_command_far`, `y_command_far`; live: the route planner's target)
+    """
+
+    x: float
+    y: float
+    compass: float
+    speed: float
+    acceleration: tuple[float, float, float]
+    angular_velocity: tuple[float, float, float]
+    command_far: tuple[float, float]
+
+
+def ego_history_from_world_records(
+    records: "list[EgoWorldRecord] | tuple[EgoWorldRecord, ...]",
+    reference: EgoWorldRecord | None = None,
+) -> EgoStateHistory:
+    """Build the model's EgoStateHistory from world-frame records, oldest first.
+
+    `reference` is the step whose pose defines the ego frame (default: the newest record). Per step:
+    theta = wrap(compass_step - compass_reference) (rad; positive = that step was headed clockwise,
+    i.e. to the right, of the reference heading), and the far command is expressed in the reference
+    ego frame with `world_to_ego`. Speed, acceleration and angular velocity are copied as measured.
+    The agent and the training data pipeline both call this, so the two sides cannot drift apart.
+    """
+    if len(records) == 0:
+        raise ValueError("ego history needs at least one record")
+    ref = records[-1] if reference is None else reference
+    ref_xy = np.array([ref.x, ref.y], dtype=np.float64)
+    compass = np.array([r.compass for r in records], dtype=np.float64)
+    commands = np.array([r.command_far for r in records], dtype=np.float64).reshape(-1, 2)
+    return EgoStateHistory(
+        speed=np.array([r.speed for r in records], dtype=np.float64),
+        acceleration=np.array([r.acceleration for r in records], dtype=np.float64).reshape(-1, 3),
+        angular_velocity=np.array([r.angular_velocity for r in records], dtype=np.float64).reshape(-1, 3),
+        theta=np.asarray(wrap_angle(compass - ref.compass), dtype=np.float64),
+        command_far=world_to_ego(commands, ref_xy, ref.compass),
+    )

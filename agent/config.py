@@ -1,0 +1,269 @@
+"""The agent configuration: typed frozen dataclasses, the two presets, and the YAML loader.
+
+Precedence: dataclass defaults < preset (`default` or `official`) < values in the YAML file.
+A YAML holding only `checkpoint:` and `device:` is complete. Every field is listed in
+docs/agent-config.md; every difference between the presets in docs/conventions.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESETS: tuple[str, ...] = ("default", "official")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+HISTORY_MODES: tuple[str, ...] = ("current_10hz", "official_offset")
+DESIRED_SPEED_MODES: tuple[str, ...] = ("half_second", "official")
+PLAN_SOURCES: tuple[str, ...] = ("sparse", "dense")
+
+
+class AgentConfigError(ValueError):
+    """The agent config file is missing, unreadable, or has a bad field; the message names both."""
+
+
+@dataclass(frozen=True)
+class PIDGains:
+    """A PID controller over a sliding window of past errors (integral = window mean)."""
+
+    kp: float
+    ki: float
+    kd: float
+    window: int = 20
+
+
+@dataclass(frozen=True)
+class CreepConfig:
+    """Stuck recovery: after a long standstill with a stop predicted, creep forward for a bounded time."""
+
+    enabled: bool = True
+    after_s: float = 40.0  # standstill time before creeping (the leaderboard ends a route after 60 s blocked)
+    duration_s: float = 1.5
+    throttle: float = 0.4
+    max_speed: float = 2.0  # m/s; no creep throttle above this
+    standstill_speed: float = 0.1  # m/s; below this the car counts as standing
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Waypoints -> steer/throttle/brake (see agent/controller.py). Speeds in m/s, distances in metres."""
+
+    speed_pid: PIDGains = PIDGains(5.0, 0.5, 1.0, 20)
+    turn_pid: PIDGains = PIDGains(1.25, 0.75, 0.3, 20)
+    aim_distance_slow: float = 5.5  # aim at the first waypoint at least this far ...
+    aim_distance_fast: float = 8.5  # ... or this far when the desired speed is at least `aim_fast_speed`
+    aim_fast_speed: float = 5.5
+    min_aim_norm: float = 0.5  # aim vectors shorter than this (standing still) steer straight
+    brake_speed: float = 0.1  # brake when the desired speed is below this
+    brake_ratio: float = 1.1  # ... or when speed / desired speed exceeds this
+    clip_delta: float = 0.25  # speed error fed to the PID is clipped to [0, clip_delta]
+    max_throttle: float = 0.75
+    turn_steer_threshold: float = 0.15  # |steer| above this counts as turning ...
+    turn_speed_cap: float = 4.5  # ... and caps the speed at this
+    max_speed: float = 7.0  # otherwise the speed cap
+    capped_throttle: float = 0.05  # throttle allowed above a speed cap
+    initial_brake_ticks: int = 11  # full brake for the first ticks of a route
+    creep: CreepConfig = CreepConfig()
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Route planner: which plan to follow and the pop / look-ahead distances (metres)."""
+
+    plan: Literal["sparse", "dense"] = "sparse"  # sparse: the leaderboard's ~50 m plan, as the authors
+    min_distance: float = 7.5
+    max_distance: float = 25.0
+
+
+@dataclass(frozen=True)
+class SaveConfig:
+    """What the agent writes under SAVE_PATH/<save_name>/ when SAVE_PATH is set."""
+
+    trace: bool = True
+    metric_info: bool = True
+    metric_info_every: int = 200  # ticks between atomic rewrites of metric_info.json (and at destroy)
+    image_every: int = 0  # save the used camera images every N inferences (0: never)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs; see docs/agent-config.md for each field."""
+
+    checkpoint: str
+    device: str = "cuda"
+    dtype: str = "float32"
+    preset: str = "default"
+    inference_interval: int = 2  # ticks (20 Hz) between model calls; the last control is held in between
+    seed: int = 0
+    jpeg_quality: int = 20
+    jpeg_decode_scale: int = 1  # 2: half-resolution JPEG decode, ~2.5x cheaper, not bit-exact
+    # --- switches the presets set (see docs/conventions.md) ---
+    test_time_augmentation: bool = False
+    seeded_noise: bool = True
+    history_mode: str = "current_10hz"
+    desired_speed_mode: str = "half_second"
+    controller: ControllerConfig = ControllerConfig()
+    planner: PlannerConfig = PlannerConfig()
+    save: SaveConfig = SaveConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# The values each preset sets; a YAML value for the same key wins.
+PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "default": {
+        "test_time_augmentation": False,
+        "seeded_noise": True,
+        "history_mode": "current_10hz",
+        "desired_speed_mode": "half_second",
+        "controller": {"creep": {"enabled": True}},
+    },
+    "official": {
+        "dtype": "bfloat16",
+        "test_time_augmentation": True,
+        "seeded_noise": False,
+        "history_mode": "official_offset",
+        "desired_speed_mode": "official",
+        "controller": {"creep": {"enabled": False}},
+    },
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, values: dict[str, Any], where: str, source: str) -> Any:
+    """Instantiate dataclass `cls` from a dict, checking names and types; errors name file and field."""
+    if not isinstance(values, dict):
+        raise AgentConfigError(f"{source}: field {where or '<root>'!r} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise AgentConfigError(
+            f"{source}: unknown field(s) {[prefix + u for u in unknown]}; known: {sorted(fields)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in values:
+            continue
+        value = values[name]
+        path = f"{where}.{name}" if where else name
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            base = dataclasses.asdict(default)
+            kwargs[name] = _build(type(default), _merge(base, value) if isinstance(value, dict) else value, path, source)
+            continue
+        kwargs[name] = _check_scalar(value, _SCALAR_TYPES.get(str(f.type), str), path, source)
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise AgentConfigError(f"{source}: {where or 'config'}: {error}") from None
+
+
+# Field annotations are strings (postponed evaluation); Literal[...] fields hold strings.
+_SCALAR_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+def _check_scalar(value: Any, expected: type, path: str, source: str) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise AgentConfigError(f"{source}: field {path!r} must be true or false, got {value!r}")
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise AgentConfigError(f"{source}: field {path!r} must be an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise AgentConfigError(f"{source}: field {path!r} must be a {expected.__name__}, got {value!r}")
+    return value
+
+
+def _validate(config: AgentConfig, source: str) -> AgentConfig:
+    choices = {
+        "preset": (config.preset, PRESETS),
+        "dtype": (config.dtype, DTYPES),
+        "history_mode": (config.history_mode, HISTORY_MODES),
+        "desired_speed_mode": (config.desired_speed_mode, DESIRED_SPEED_MODES),
+        "planner.plan": (config.planner.plan, PLAN_SOURCES),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise AgentConfigError(f"{source}: field {name!r} is {value!r}, expected one of {list(allowed)}")
+    positive = {
+        "inference_interval": config.inference_interval,
+        "controller.speed_pid.window": config.controller.speed_pid.window,
+        "controller.turn_pid.window": config.controller.turn_pid.window,
+        "save.metric_info_every": config.save.metric_info_every,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise AgentConfigError(f"{source}: field {name!r} must be >= 1, got {value}")
+    if config.jpeg_decode_scale not in (1, 2):
+        raise AgentConfigError(f"{source}: field 'jpeg_decode_scale' must be 1 or 2, got {config.jpeg_decode_scale}")
+    if not 1 <= config.jpeg_quality <= 100:
+        raise AgentConfigError(f"{source}: field 'jpeg_quality' must be in 1..100, got {config.jpeg_quality}")
+    if config.planner.min_distance <= 0 or config.planner.max_distance <= config.planner.min_distance:
+        raise AgentConfigError(
+            f"{source}: planner distances must satisfy 0 < min_distance < max_distance, got "
+            f"{config.planner.min_distance} / {config.planner.max_distance}"
+        )
+    if not config.checkpoint:
+        raise AgentConfigError(f"{source}: field 'checkpoint' is empty")
+    return config
+
+
+def agent_config_from_dict(values: dict[str, Any], source: str = "<dict>") -> AgentConfig:
+    """Build an AgentConfig from a plain mapping (the parsed YAML), applying the chosen preset."""
+    if not isinstance(values, dict):
+        raise AgentConfigError(f"{source}: the top level must be a mapping of fields, got {type(values).__name__}")
+    if "checkpoint" not in values:
+        raise AgentConfigError(f"{source}: required field 'checkpoint' (the converted model folder) is missing")
+    preset = values.get("preset", "default")
+    if preset not in PRESETS:
+        raise AgentConfigError(f"{source}: field 'preset' is {preset!r}, expected one of {list(PRESETS)}")
+    merged = _merge(PRESET_VALUES[preset], values)
+    return _validate(_build(AgentConfig, merged, "", source), source)
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Read a YAML agent config; relative `checkpoint` paths are resolved against the YAML's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AgentConfigError(f"agent config {path}: file not found") from None
+    except OSError as error:
+        raise AgentConfigError(f"agent config {path}: cannot read ({error.strerror})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise AgentConfigError(f"agent config {path}: not valid YAML: {error}") from None
+    if values is None:
+        raise AgentConfigError(f"agent config {path}: file is empty (it needs at least 'checkpoint')")
+    config = agent_config_from_dict(values, source=f"agent config {path}")
+    checkpoint = Path(config.checkpoint).expanduser()
+    if not checkpoint.is_absolute():
+        checkpoint = (path.parent / checkpoint).resolve()
+    return dataclasses.replace(config, checkpoint=str(checkpoint))
+
+
+def parse_agent_config_argument(argument: str) -> tuple[str, str | None]:
+    """Split the evaluator's `config+save_name+...` string into (config path, last save name or None).
+
+    The evaluator appends '+<save_name>' to args.agent_config for every route, so on route k the
+    string holds k save names; the config path is the part before the first '+'.
+    """
+    if not argument:
+        raise AgentConfigError("agent config argument is empty: pass --agent-config <yaml>")
+    parts = argument.split("+")
+    save_name = parts[-1] if len(parts) > 1 and parts[-1] else None
+    return parts[0], save_name

@@ -1,0 +1,133 @@
+"""The Bench2Drive leaderboard agent: a thin adapter from the leaderboard API to agent/stack.py.
+
+Run by the upstream evaluator:
+    python leaderboard/leaderboard/leaderboard_evaluator.py --agent <repo>/agent/drivemoe_agent.py \
+        --agent-config <repo>/configs/agent/default.yaml --routes ... --track SENSORS
+Per route the evaluator builds the agent, calls set_global_plan(), setup(config+save_name+...), then
+run_step() every tick and destroy() at the end. With the environment variable SAVE_PATH set (the one
+upstream convention we honour), SAVE_PATH/<save_name>/ receives trace.jsonl, trace_header.json,
+metric_info.json and optional images.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import carla
+from leaderboard.autoagents import autonomous_agent
+
+from agent.config import AgentConfig, AgentConfigError, load_agent_config, parse_agent_config_argument
+from agent.metric_info import MetricInfoRecorder
+from agent.sensor_frames import leaderboard_sensors
+from agent.stack import AgentStack, route_from_plans
+from agent.trace import TraceWriter
+
+LOGGER = logging.getLogger(__name__)
+SAVE_PATH_VARIABLE = "SAVE_PATH"
+
+
+def get_entry_point() -> str:
+    return "DriveMoEAgent"
+
+
+def load_policy(config: AgentConfig, source: str) -> Any:
+    """DrivePolicy from the converted checkpoint folder; errors name the config file and field."""
+    folder = Path(config.checkpoint)
+    if not folder.is_dir():
+        raise AgentConfigError(f"{source}: field 'checkpoint': model folder {folder} does not exist")
+    from model.errors import DriveMoEError
+    from model.policy import DrivePolicy
+
+    try:
+        return DrivePolicy.from_pretrained(str(folder), device=config.device, dtype=config.dtype)
+    except (DriveMoEError, FileNotFoundError) as error:
+        raise AgentConfigError(f"{source}: field 'checkpoint' ({folder}): {error}") from None
+
+
+def policy_model_config(policy: Any) -> Any:
+    """The ModelConfig a DrivePolicy was built with."""
+    for name in ("model_config", "config"):
+        value = getattr(policy, name, None)
+        if value is not None and hasattr(value, "vision"):
+            return value
+    raise AttributeError(f"{type(policy).__name__} exposes no model config (expected .model_config or .config)")
+
+
+class DriveMoEAgent(autonomous_agent.AutonomousAgent):
+    """DriveMoE / Drive-pi0 on the Bench2Drive SENSORS track."""
+
+    def setup(self, path_to_conf_file: str) -> None:
+        self.track = autonomous_agent.Track.SENSORS
+        config_path, save_name = parse_agent_config_argument(path_to_conf_file)
+        self.config = load_agent_config(config_path)
+        self.save_name = save_name
+        self.policy = load_policy(self.config, f"agent config {config_path}")
+        model_config = policy_model_config(self.policy)
+
+        if not self._global_plan or not self._global_plan_world_coord:
+            raise RuntimeError("DriveMoEAgent.setup(): no global plan; the evaluator calls set_global_plan() first")
+        if self.config.planner.plan == "dense":
+            gps_plan = self._plan_gps_HACK
+        else:
+            gps_plan = self._global_plan
+        first_world = self._global_plan_world_coord[0][0].location
+        route_xy, reference = route_from_plans(gps_plan, (self._global_plan[0][0], (first_world.x, first_world.y)))
+
+        self.trace: TraceWriter | None = None
+        self.metric_info: MetricInfoRecorder | None = None
+        save_root = os.environ.get(SAVE_PATH_VARIABLE)
+        if save_root:
+            folder = Path(save_root) / (save_name or "agent")
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.config.save.trace:
+                self.trace = TraceWriter(folder)
+                self.trace.write_header(
+                    model={"name": getattr(model_config, "name", None), "checkpoint": self.config.checkpoint},
+                    agent_config=self.config.to_dict(),
+                    save_name=save_name,
+                )
+            if self.config.save.metric_info:
+                self.metric_info = MetricInfoRecorder(folder / "metric_info.json", self.config.save.metric_info_every)
+        self.stack = AgentStack(
+            self.config,
+            self.policy,
+            route_xy,
+            reference,
+            image_size=model_config.vision.image_size,
+            history_steps=model_config.flow.cond_steps,
+            trace=self.trace,
+        )
+        LOGGER.info("DriveMoE agent ready: %s, preset %s, %d route points", model_config.name, self.config.preset, len(route_xy))
+
+    def sensors(self) -> list[dict[str, Any]]:
+        return leaderboard_sensors()
+
+    def run_step(self, input_data: dict, timestamp: float) -> carla.VehicleControl:
+        out = self.stack.tick(input_data, timestamp)
+        if self.metric_info is not None:
+            if getattr(self, "hero_actor", None) is not None:
+                self.metric_info.record(self.stack.frame, self.get_metric_info())
+        control = carla.VehicleControl()
+        control.steer = float(out.control.steer)
+        control.throttle = float(out.control.throttle)
+        control.brake = float(out.control.brake)
+        return control
+
+    def destroy(self) -> None:
+        for name in ("trace", "metric_info"):
+            writer = getattr(self, name, None)
+            if writer is not None:
+                writer.close()
+        self.stack = None
+        self.policy = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass

@@ -1,0 +1,143 @@
+"""Writer of the routing trace, format v1 (docs/trace-format.md): header, one JSON line per inference.
+
+`trace_record()` turns one inference (pose, target, Prediction, control, latencies) into the line
+the format defines; `TraceWriter` appends and flushes lines as they happen and can save the camera
+images of chosen frames. Readers (debug video, routing report) live elsewhere and only read files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from bench2drive_eval.jsonio import write_json_atomic
+from model.cameras import BENCH2DRIVE_CAMERAS, ROUTER_CANDIDATES
+from model.image_preprocessing import PreparedImage
+
+TRACE_VERSION = 1
+TRACE_FILE = "trace.jsonl"
+HEADER_FILE = "trace_header.json"
+IMAGES_DIR = "images"
+
+
+def _floats(values: Any) -> Any:
+    """numpy arrays / scalars -> nested lists of Python floats (JSON-safe, NaN -> None)."""
+    array = np.asarray(values, dtype=np.float64)
+    out = array.tolist()
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return None if not np.isfinite(v) else float(v)
+
+    return clean(out)
+
+
+def camera_router_record(prediction: Any) -> dict[str, Any] | None:
+    """The `camera_router` object of a trace line, or None for Drive-pi0 (no router outputs)."""
+    probs = getattr(prediction, "camera_probs", None)
+    if probs is None:
+        return None
+    return {
+        "candidates": list(ROUTER_CANDIDATES),
+        "logits": _floats(getattr(prediction, "camera_logits")),
+        "probs": _floats(probs),
+        "selected": list(getattr(prediction, "selected_cameras", ()) or ()),
+    }
+
+
+def action_router_record(prediction: Any) -> dict[str, Any] | None:
+    """The `action_router` object of a trace line, or None for Drive-pi0."""
+    logits = getattr(prediction, "action_router_logits", None)
+    if logits is None:
+        return None
+    logits = np.asarray(logits)
+    weights = np.asarray(getattr(prediction, "action_router_weights"))
+    experts = np.asarray(getattr(prediction, "action_router_experts"))
+    steps = [
+        {"logits": _floats(logits[i]), "weights": _floats(weights[i]), "experts": [int(e) for e in experts[i]]}
+        for i in range(logits.shape[0])
+    ]
+    return {"num_experts": int(logits.shape[-1]), "steps": steps}
+
+
+def trace_record(
+    frame: int,
+    sim_time: float,
+    speed: float,
+    position: tuple[float, float],
+    compass: float,
+    target_point: tuple[float, float],
+    prediction: Any,
+    control: dict[str, float],
+    latency_ms: dict[str, float],
+    images: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One line of trace.jsonl (see docs/trace-format.md for every key)."""
+    record: dict[str, Any] = {
+        "version": TRACE_VERSION,
+        "frame": int(frame),
+        "sim_time": float(sim_time),
+        "speed": float(speed),
+        "position": _floats(position),
+        "compass": float(compass),
+        "target_point": _floats(target_point),
+        "camera_router": camera_router_record(prediction),
+        "action_router": action_router_record(prediction),
+        "waypoints": _floats(getattr(prediction, "waypoints")),
+        "control": {k: float(v) for k, v in control.items()},
+        "latency_ms": {k: float(v) for k, v in latency_ms.items()},
+    }
+    if images:
+        record["images"] = dict(images)
+    return record
+
+
+class TraceWriter:
+    """Appends trace lines to <folder>/trace.jsonl, flushing each; writes the header once."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.folder / TRACE_FILE, "a", encoding="utf-8")
+        self.lines = 0
+
+    def write_header(self, model: dict[str, Any], agent_config: dict[str, Any], save_name: str | None) -> None:
+        write_json_atomic(
+            self.folder / HEADER_FILE,
+            {
+                "format": "drivemoe-trace",
+                "version": TRACE_VERSION,
+                "model": model,
+                "agent_config": agent_config,
+                "cameras": [dataclasses.asdict(c) for c in BENCH2DRIVE_CAMERAS],
+                "save_name": save_name,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        self.lines += 1
+
+    def save_images(self, frame: int, images: dict[str, PreparedImage]) -> dict[str, str]:
+        """Save RGB images as JPEG under images/; returns camera -> path relative to the folder."""
+        out: dict[str, str] = {}
+        (self.folder / IMAGES_DIR).mkdir(exist_ok=True)
+        for name, image in images.items():
+            relative = f"{IMAGES_DIR}/{frame:06d}_{name}.jpg"
+            bgr = np.ascontiguousarray(image.chw.transpose(1, 2, 0)[:, :, ::-1])
+            cv2.imwrite(str(self.folder / relative), bgr, [int(cv2.IMWRITE_JPEG_QUALITY), 90])
+            out[name] = relative
+        return out
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()

@@ -1,0 +1,70 @@
+"""Trace writer (format v1) and metric_info recorder: content, flushing, atomic checkpoints."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+
+from agent.metric_info import MetricInfoRecorder
+from agent.trace import TraceWriter, trace_record
+from model.cameras import ROUTER_CANDIDATES
+from model.image_preprocessing import PreparedImage
+
+
+def prediction(moe: bool = True):
+    steps, experts = 3, 7
+    return SimpleNamespace(
+        waypoints=np.arange(20, dtype=np.float32).reshape(10, 2),
+        camera_logits=np.array([0.0, 1.0, 2.0, 3.0, 4.0]) if moe else None,
+        camera_probs=np.array([0.1, 0.1, 0.2, 0.2, 0.4]) if moe else None,
+        selected_cameras=("CAM_BACK_RIGHT",) if moe else (),
+        action_router_logits=np.zeros((steps, experts)) if moe else None,
+        action_router_weights=np.full((steps, 3), 1 / 3) if moe else None,
+        action_router_experts=np.tile([4, 0, 2], (steps, 1)) if moe else None,
+    )
+
+
+def test_trace_line_has_every_key_of_format_v1():
+    record = trace_record(12, 0.6, 3.2, (10.0, -5.0), 1.5, (20.0, 1.0), prediction(), {"steer": -0.1, "throttle": 0.3, "brake": 0.0}, {"model": 50.0})
+    assert record["version"] == 1 and record["frame"] == 12
+    assert record["camera_router"]["candidates"] == list(ROUTER_CANDIDATES)
+    assert record["camera_router"]["selected"] == ["CAM_BACK_RIGHT"]
+    assert record["action_router"]["num_experts"] == 7 and len(record["action_router"]["steps"]) == 3
+    assert record["action_router"]["steps"][0]["experts"] == [4, 0, 2]
+    assert record["waypoints"][1] == [2.0, 3.0] and record["control"]["steer"] == -0.1
+    json.dumps(record)  # JSON-serialisable (no numpy types)
+    pi0 = trace_record(0, 0.0, 0.0, (0, 0), 0.0, (1, 0), prediction(moe=False), {"steer": 0, "throttle": 0, "brake": 1}, {})
+    assert pi0["camera_router"] is None and pi0["action_router"] is None
+
+
+def test_writer_flushes_each_line_and_saves_images(tmp_path):
+    writer = TraceWriter(tmp_path)
+    writer.write_header({"name": "tiny"}, {"preset": "default"}, "RouteScenario_1")
+    for frame in (0, 2):
+        writer.append(trace_record(frame, frame / 20, 0.0, (0, 0), 0.0, (1, 0), prediction(), {"steer": 0, "throttle": 0, "brake": 1}, {}))
+        lines = (tmp_path / "trace.jsonl").read_text().splitlines()  # readable before close
+        assert json.loads(lines[-1])["frame"] == frame
+    saved = writer.save_images(2, {"CAM_FRONT": PreparedImage(np.zeros((3, 8, 8), dtype=np.uint8), "CAM_FRONT")})
+    assert saved == {"CAM_FRONT": "images/000002_CAM_FRONT.jpg"} and (tmp_path / saved["CAM_FRONT"]).is_file()
+    writer.close()
+    header = json.loads((tmp_path / "trace_header.json").read_text())
+    assert header["save_name"] == "RouteScenario_1" and header["version"] == 1 and len(header["cameras"]) == 6
+
+
+def test_metric_info_is_written_at_checkpoints_and_close_in_bench2drive_format(tmp_path):
+    path = tmp_path / "metric_info.json"
+    recorder = MetricInfoRecorder(path, every=3)
+    info = {"acceleration": [1, 0, 0], "angular_velocity": [0, 0, 0], "forward_vector": [1, 0, 0],
+            "right_vector": [0, 1, 0], "location": [0, 0, 0], "rotation": [0, 0, 0]}
+    recorder.record(0, info)
+    recorder.record(1, info)
+    assert not path.exists()  # nothing rewritten every tick
+    recorder.record(2, info)
+    assert list(json.loads(path.read_text())) == ["0", "1", "2"]
+    recorder.record(3, dict(info, location=[3, 0, 0]))
+    assert len(json.loads(path.read_text())) == 3  # the file always holds complete JSON
+    recorder.close()
+    data = json.loads(path.read_text())
+    assert list(data) == ["0", "1", "2", "3"] and data["3"]["location"] == [3, 0, 0]
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,1 @@
+"""Readers and writers for driving datasets on disk (Bench2Drive clips)."""

@@ -1,0 +1,146 @@
+"""Driving-skill classes of the action router and the Bench2Drive scenario-type -> skill mapping.
+
+Classes and the mapping follow the DriveMoE authors (see docs/training.md). A clip name is
+`<Scenario>_<Town>_Route<id>_Weather<id>`; its scenario type gives the skill of the clip's frames,
+frames influenced by a stop sign or a traffic light are TRAFFIC_SIGN, and when several labels
+apply to one frame the most safety-critical one wins (SAFETY_PRIORITY).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import IntEnum
+
+
+class Skill(IntEnum):
+    """Action-router class ids (the order of the authors' scenario labels and focal-loss counts)."""
+
+    MERGING = 0
+    PARKING_EXIT = 1
+    OVERTAKING = 2
+    EMERGENCY_BRAKE = 3
+    GIVEWAY = 4
+    TRAFFIC_SIGN = 5
+    NORMAL = 6
+
+
+SKILL_NAMES: tuple[str, ...] = tuple(s.name for s in Skill)
+NUM_SKILLS = len(SKILL_NAMES)
+
+# Most safety-critical first: an imminent-collision response beats yielding, yielding beats a
+# planned manoeuvre around an obstacle, which beats merging into flow; NORMAL only when nothing applies.
+SAFETY_PRIORITY: tuple[Skill, ...] = (
+    Skill.EMERGENCY_BRAKE,
+    Skill.GIVEWAY,
+    Skill.OVERTAKING,
+    Skill.MERGING,
+    Skill.PARKING_EXIT,
+    Skill.TRAFFIC_SIGN,
+    Skill.NORMAL,
+)
+
+_EXACT: dict[str, Skill] = {}
+for _skill, _names in {
+    Skill.MERGING: (
+        "LaneChange",
+        "SequentialLaneChange",
+        "HighwayExit",
+        "InterurbanActorFlow",
+        "MergerIntoSlowTraffic",
+        "MergerIntoSlowTrafficV2",
+        "CrossingBicycleFlow",
+        "EnterActorFlow",
+        "EnterActorFlowV2",
+        "NonSignalizedJunctionLeftTurn",
+        "NonSignalizedJunctionRightTurn",
+        "NonSignalizedJunctionLeftTurnEnterFlow",
+        "SignalizedJunctionLeftTurn",
+        "SignalizedJunctionRightTurn",
+        "SignalizedJunctionLeftTurnEnterFlow",
+    ),
+    Skill.PARKING_EXIT: ("ParkingExit",),
+    Skill.EMERGENCY_BRAKE: (
+        "BlockedIntersection",
+        "DynamicObjectCrossing",
+        "PedestrianCrossing",
+        "ParkingCrossingPedestrian",
+        "VehicleTurningRoute",
+        "VehicleTurningRoutePedestrian",
+        "OppositeVehicleTakingPriority",
+        "OppositeVehicleRunningRedLight",
+        "HardBreakRoute",
+        "ParkingCutIn",
+        "StaticCutIn",
+        "ControlLoss",
+    ),
+    Skill.GIVEWAY: (
+        "InvadingTurn",
+        "YieldToEmergencyVehicle",
+        "HighwayCutIn",
+        "InterurbanAdvancedActorFlow",
+    ),
+    Skill.TRAFFIC_SIGN: (
+        "VanillaNonSignalizedTurnEncounterStopsign",
+        "VanillaSignalizedTurnEncounterRedLight",
+        "VanillaSignalizedTurnEncounterGreenLight",
+    ),
+    Skill.NORMAL: ("T_Junction", "VanillaNonSignalizedTurn", "VanillaSignalizedTurn", "NORMAL"),
+}.items():
+    for _name in _names:
+        _EXACT[_name] = _skill
+# Families: every variant (TwoWays, ...) of these obstacle scenarios is an overtaking scene.
+_OVERTAKING_PREFIXES: tuple[str, ...] = (
+    "Accident",
+    "ConstructionObstacle",
+    "HazardAtSideLane",
+    "ParkedObstacle",
+    "VehicleOpensDoor",
+)
+_CLIP_NAME = re.compile(r"^(?P<scenario>.+?)_(?P<town>Town\d+[A-Za-z0-9]*)_Route(?P<route>\d+)_Weather(?P<weather>\d+)$")
+
+
+def scenario_of_clip_name(clip_name: str) -> str:
+    """Scenario type of a Bench2Drive-Base clip folder name, e.g. 'Accident' from
+    'Accident_Town03_Route101_Weather23'."""
+    match = _CLIP_NAME.match(clip_name)
+    if match is None:
+        raise ValueError(
+            f"clip name {clip_name!r} does not follow <Scenario>_<Town>_Route<id>_Weather<id>"
+        )
+    return match.group("scenario")
+
+
+def skill_of_scenario(scenario_type: str) -> Skill:
+    """Skill of a Bench2Drive scenario type; ValueError naming the type if it is unknown."""
+    if scenario_type in _EXACT:
+        return _EXACT[scenario_type]
+    if scenario_type.startswith(_OVERTAKING_PREFIXES):
+        return Skill.OVERTAKING
+    raise ValueError(f"unknown Bench2Drive scenario type {scenario_type!r}: no skill mapping for it")
+
+
+def skill_from_name(name: str) -> Skill:
+    """A skill given by class name ('OVERTAKING') or by scenario type ('Accident')."""
+    if name in SKILL_NAMES:
+        return Skill[name]
+    return skill_of_scenario(name)
+
+
+def most_critical(skills: Iterable[Skill | int]) -> Skill:
+    """The most safety-critical of several applicable skills; NORMAL when none is given."""
+    present = {Skill(int(s)) for s in skills}
+    for skill in SAFETY_PRIORITY:
+        if skill in present:
+            return skill
+    return Skill.NORMAL
+
+
+def frame_skill(scenario_type: str | None, traffic_control_active: bool = False) -> Skill:
+    """Skill label of one frame: the scenario's skill, TRAFFIC_SIGN if a stop sign or traffic
+    light influences the ego at that frame, the most safety-critical of these."""
+    labels: list[Skill] = []
+    if scenario_type is not None:
+        labels.append(skill_of_scenario(scenario_type))
+    if traffic_control_active:
+        labels.append(Skill.TRAFFIC_SIGN)
+    return most_critical(labels)

@@ -1,0 +1,45 @@
+"""`drivemoe demo`: clip, untrained tiny model, replay, video and report in one command."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+from model.cli import main as drivemoe_main
+
+
+@pytest.fixture()
+def restore_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_demo_command_writes_every_artefact(tmp_path, capsys, restore_threads):
+    out = tmp_path / "demo"
+    assert drivemoe_main(["demo", "--out", str(out), "--frames", "15"]) == 0
+    printed = capsys.readouterr().out
+    assert "UNTRAINED" in printed  # says plainly that the model is untrained
+    for line in ("clip:", "trace:", "video:", "report:"):
+        assert line in printed
+    trace = [json.loads(l) for l in (out / "replay" / "trace.jsonl").read_text().splitlines()]
+    assert [l["frame"] for l in trace] == list(range(15))
+    capture = cv2.VideoCapture(str(out / "demo.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames == len(trace)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["inferences"] == 15
+    assert sum(report["camera_counts"].values()) == 15
+    scores = json.loads((out / "replay" / "scores.json").read_text())
+    assert scores["camera_router"]["scored_frames"] == 15
+    assert scores["waypoints"]["scored_frames"] == 6  # frames 0..5 have ten future frames
+    assert (out / "model" / "model.safetensors").is_file()
+    labels = json.loads((out / "clip" / "camera_labels" / "HazardAtSideLane_Town00_Route0_Weather0.json").read_text())
+    assert len(labels) == 15

@@ -1,0 +1,1 @@
+"""Fake Bench2Drive evaluator, CARLA server and SLURM tools for the runner tests."""

@@ -15,6 +15,7 @@ The module does no file IO and no preprocessing: pixels in [-1, 1], normalised e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -89,10 +90,6 @@ class DriveMoE(nn.Module):
         else:
             self.camera_router = None
             self.view_embeddings = None
-        with torch.no_grad():  # Gemma RMSNorm scales are (1 + w): start at the identity
-            for module in self.modules():
-                if type(module).__name__ == "GemmaRMSNorm" and module.weight.device.type != "meta":
-                    module.weight.zero_()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,7 +100,8 @@ class DriveMoE(nn.Module):
         return self.embed_tokens.weight.device
 
     # ---- phase 1: images -------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor, return_intermediates: bool = False):
+    def encode_images(self, pixel_values: torch.Tensor, return_intermediates: bool = False
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, n, 3, S, S] pixels in [-1, 1] -> [B, n, P, W_v] projected tokens divided by sqrt(W_v).
 
         One vision-tower call for all B*n images. With `return_intermediates`, also returns the
@@ -212,7 +210,7 @@ class DriveMoE(nn.Module):
         velocity = self.action_decoder(decoder_input).float()
         return velocity, out, {"time_embedding": time_emb, "action_embeds": action_embeds, "decoder_input": decoder_input}
 
-    def _denoise_loop(self, step, batch: int, device: torch.device, noise: torch.Tensor | None,
+    def _denoise_loop(self, step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, JointOutput, dict[str, torch.Tensor]]], batch: int, device: torch.device, noise: torch.Tensor | None,
                       generator: torch.Generator | None, return_intermediates: bool) -> dict[str, torch.Tensor]:
         f = self.config.flow
         n = f.num_inference_steps
@@ -259,6 +257,15 @@ class DriveMoE(nn.Module):
         return self._denoise_loop(lambda x, t: self.action_step(cache, x, t), batch, cache.action_mask.device,
                                   noise, generator, return_intermediates)
 
+    def compile_for_inference(self, vision: bool = True) -> "DriveMoE":
+        """torch.compile the joint transformer (and the vision tower) in place; state_dict keys are
+        unchanged. Meant for CUDA: fuses the many small element-wise kernels of the denoising steps,
+        and combines with `GraphedPrefixAndDenoise`. The first calls compile (minutes at paper scale)."""
+        self.joint_model.compile()
+        if vision:
+            self.vision_tower.compile()
+        return self
+
     # ---- convenience: the whole inference ------------------------------------------------------------
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         expected = self.config.num_input_images
@@ -303,7 +310,7 @@ class DriveMoE(nn.Module):
         vlm_pos, proprio_pos, action_pos = self._positions(input_ids.shape[1], input_ids.device)
         rope = [self._rope(p) for p in (vlm_pos, proprio_pos, action_pos)]
 
-        def step(x: torch.Tensor, t: torch.Tensor):
+        def step(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, JointOutput, dict[str, torch.Tensor]]:
             time_emb = sinusoidal_time_embedding(t, self.config.joint.action.hidden_size, f.time_max_period)
             streams = {"vlm": StreamInput(embeds, *rope[0]), "proprio": StreamInput(proprio_embeds, *rope[1]),
                        "action": StreamInput(self.action_encoder(x, time_emb), *rope[2])}

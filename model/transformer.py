@@ -10,6 +10,7 @@ fills its first columns, each denoising step overwrites the action columns.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
 import torch
@@ -78,9 +79,19 @@ class Mixture(nn.Module):
 
 
 def entry_scale(width: int, dtype: torch.dtype) -> float:
-    """sqrt(width) rounded to `dtype` (the authors multiply by a tensor of that dtype), as a Python
-    float so that no tensor is created per call (CUDA-graph friendly)."""
-    return float(torch.tensor(width ** 0.5, dtype=dtype))
+    """sqrt(width) rounded to `dtype` (the authors multiply by a tensor of that dtype), in pure Python so
+    that no tensor is created per call (CUDA graphs, torch.compile without graph breaks)."""
+    value = width ** 0.5
+    if dtype == torch.float64:
+        return value
+    if dtype == torch.float16:
+        return struct.unpack("<e", struct.pack("<e", value))[0]
+    as_float32 = struct.unpack("<f", struct.pack("<f", value))[0]
+    if dtype != torch.bfloat16:
+        return as_float32
+    bits = struct.unpack("<I", struct.pack("<f", as_float32))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round to nearest even on the top 16 bits
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -405,3 +405,11 @@ def test_gathered_experts_equal_dense_and_follow_weight_updates() -> None:
         loss = moe(h, routing).sum()  # training takes the dense path: gradients reach every chosen expert
         loss.backward()
     assert moe.skill_experts[chosen].gate_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_entry_scale_is_sqrt_width_rounded_to_dtype(dtype: torch.dtype) -> None:
+    from model.transformer import entry_scale
+
+    for width in (24, 32, 48, 64, 1024, 1152, 2048, 333):
+        assert entry_scale(width, dtype) == float(torch.tensor(width ** 0.5, dtype=dtype))

@@ -99,6 +99,7 @@ class AgentConfig:
     seed: int = 0
     jpeg_quality: int = 20
     jpeg_decode_scale: int = 1  # 2: half-resolution JPEG decode, ~2.5x cheaper, not bit-exact
+    cuda_graphs: bool = True  # CUDA only: prefix + denoising replayed as one captured graph (exact)
     # --- switches the presets set (see docs/conventions.md) ---
     test_time_augmentation: bool = False
     seeded_noise: bool = True

@@ -42,7 +42,8 @@ def load_policy(config: AgentConfig, source: str) -> Any:
     from model.policy import DrivePolicy
 
     try:
-        return DrivePolicy.from_pretrained(str(folder), device=config.device, dtype=config.dtype)
+        return DrivePolicy.from_pretrained(str(folder), device=config.device, dtype=config.dtype,
+                                            cuda_graphs=config.cuda_graphs)
     except (DriveMoEError, FileNotFoundError) as error:
         raise AgentConfigError(f"{source}: field 'checkpoint' ({folder}): {error}") from None
 

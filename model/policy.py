@@ -18,7 +18,7 @@ import torch
 
 from model.cameras import FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES
 from model.config import ModelConfig
-from model.drivemoe import DriveMoE
+from model.drivemoe import DriveMoE, GraphedPrefixAndDenoise
 from model.ego_state import EgoStateHistory
 from model.errors import CheckpointError, ObservationError
 from model.image_preprocessing import (
@@ -94,7 +94,10 @@ def _read_image(images: Mapping[str, object], camera: str) -> object:
 class DrivePolicy:
     """Inference wrapper around a DriveMoE / Drive-pi0 network (see docs/policy-api.md)."""
 
-    def __init__(self, model: DriveMoE, config: ModelConfig | None = None, prompt_token_ids: Sequence[int] | None = None) -> None:
+    def __init__(self, model: DriveMoE, config: ModelConfig | None = None, prompt_token_ids: Sequence[int] | None = None,
+                 cuda_graphs: bool = False) -> None:
+        """`cuda_graphs`: on a CUDA device, run prefix + denoising as one captured CUDA graph per batch
+        size (one launch instead of thousands; replay is exact). Ignored on other devices."""
         config = model.config if config is None else config
         if prompt_token_ids is not None:
             config = replace(config, sequence=replace(config.sequence, prompt_token_ids=tuple(int(i) for i in prompt_token_ids)))
@@ -111,15 +114,17 @@ class DrivePolicy:
         )
         self._input_ids = torch.from_numpy(input_ids).to(model.device)
         self._attention_mask = torch.from_numpy(attention_mask).to(model.device)
+        self.cuda_graphs = bool(cuda_graphs) and model.device.type == "cuda"
+        self._graphs: dict[int, GraphedPrefixAndDenoise] = {}
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None) -> "DrivePolicy":
+                        dtype: str | torch.dtype | None = None, cuda_graphs: bool = False) -> "DrivePolicy":
         """Load a converted folder (model.safetensors + config.json); dtype None keeps the stored one."""
         from model.checkpoints import load_pretrained
 
         model, config = load_pretrained(model_dir, device=device, dtype=dtype)
-        return cls(model, config)
+        return cls(model, config, cuda_graphs=cuda_graphs)
 
     @property
     def device(self) -> torch.device:
@@ -225,19 +230,28 @@ class DrivePolicy:
             self._sync()
             timings["vision"] += time.perf_counter() - clock
 
-        clock = time.perf_counter()
         batch = len(observations)
-        cache = model.build_prefix_cache(
-            self._input_ids.expand(batch, -1), self._attention_mask.expand(batch, -1),
-            model.prefix_image_tokens(front_tokens, view_tokens), proprio,
-        )
-        self._sync()
-        timings["prefix"] += time.perf_counter() - clock
+        input_ids = self._input_ids.expand(batch, -1)
+        attention_mask = self._attention_mask.expand(batch, -1)
+        image_tokens = model.prefix_image_tokens(front_tokens, view_tokens)
+        if self.cuda_graphs:
+            # One replay covers both stages; its time is reported under "denoise" and "prefix" stays 0.
+            clock = time.perf_counter()
+            if batch not in self._graphs:
+                self._graphs[batch] = GraphedPrefixAndDenoise(model, batch)
+            out = self._graphs[batch](input_ids, attention_mask, image_tokens, proprio, noise.to(device))
+            self._sync()
+            timings["denoise"] += time.perf_counter() - clock
+        else:
+            clock = time.perf_counter()
+            cache = model.build_prefix_cache(input_ids, attention_mask, image_tokens, proprio)
+            self._sync()
+            timings["prefix"] += time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        out = model.denoise(cache, noise=noise)
-        self._sync()
-        timings["denoise"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            out = model.denoise(cache, noise=noise)
+            self._sync()
+            timings["denoise"] += time.perf_counter() - clock
 
         actions = out["final_action"].float()
         waypoints = cfg.stats.denormalize_trajectory(actions).cpu().numpy()

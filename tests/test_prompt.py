@@ -221,3 +221,52 @@ def test_shrunk_text_embedding_gives_identical_predictions() -> None:
     after = DrivePolicy(shrunk_model, shrunk_config).predict(obs)
     np.testing.assert_array_equal(before.normalized_actions, after.normalized_actions)
     np.testing.assert_array_equal(before.camera_logits, after.camera_logits)
+
+
+def test_convert_cli_with_tokenizer_and_shrunk_embedding_reproduces_fixture(tmp_path: Path, drivemoe_reference: Path) -> None:
+    """`drivemoe convert --tokenizer DIR --shrink-text-embedding`: ids from the tokenizer, a vocabulary
+    of a few rows, and still the authors' outputs."""
+    from safetensors.numpy import load_file
+
+    from model.cameras import MODEL_IMAGE_ORDER
+    from model.cli import main as cli_main
+    from model.ego_state import EgoStateHistory
+    from model.image_preprocessing import PreparedImage
+    from model.policy import DrivePolicy, Observation
+
+    folder = drivemoe_reference / "tiny_drivemoe"
+    tokenizer = build_fixture_vocab_tokenizer(tmp_path / "tok")
+    out = tmp_path / "converted"
+    assert cli_main(["convert", "--official", str(folder / "official_checkpoint.pt"), "--official-config",
+                     str(folder / "config.json"), "--tokenizer", str(tokenizer), "--shrink-text-embedding",
+                     "--out", str(out)]) == 0
+    policy = DrivePolicy.from_pretrained(out)
+    sequence = policy.config.sequence
+    assert sequence.vocab_size == 6  # the four prompt ids + pad + image token
+    assert policy.model.embed_tokens.weight.shape[0] == 6
+    assert len(set(sequence.prompt_token_ids) | {sequence.pad_token_id, sequence.image_token_id}) == 6
+
+    inputs = load_file(str(folder / "inputs.safetensors"))
+    expected = load_file(str(folder / "expected_inference.safetensors"))
+    raw = inputs["raw_images_uint8"][0]
+    history = EgoStateHistory(
+        speed=inputs["raw_his_speed"][0], acceleration=inputs["raw_his_acceleration"][0],
+        angular_velocity=inputs["raw_his_angular_velocity"][0], theta=inputs["raw_his_theta"][0],
+        command_far=np.stack([inputs["raw_x_command_far"][0], inputs["raw_y_command_far"][0]], axis=1),
+    )
+    prediction = policy.predict(Observation(
+        images={c: PreparedImage(raw[i], c) for i, c in enumerate(MODEL_IMAGE_ORDER)}, ego_history=history,
+        jpeg_quality=None, noise=inputs["init_noise"][0],
+    ))
+    np.testing.assert_allclose(prediction.normalized_actions, expected["final_action"][0], atol=1e-5, rtol=1e-5)
+    assert prediction.selected_cameras == (MODEL_IMAGE_ORDER[2 + int(expected["selected_view"][0])],)
+
+
+def test_convert_cli_rejects_tokenizer_with_prompt_ids(tmp_path: Path, drivemoe_reference: Path, capsys) -> None:
+    from model.cli import main as cli_main
+
+    folder = drivemoe_reference / "tiny_drivemoe"
+    with pytest.raises(SystemExit):
+        cli_main(["convert", "--official", str(folder / "official_checkpoint.pt"), "--preset", "tiny-drivemoe",
+                  "--tokenizer", str(tmp_path), "--prompt-ids", "2,17", "--out", str(tmp_path / "out")])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -7,7 +7,7 @@ docs/agent-config.md; every difference between the presets in docs/conventions.m
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 

@@ -12,14 +12,14 @@ class JSONFileError(ValueError):
     """A JSON file is missing, truncated or not valid JSON; the message names the file."""
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
-    """Write `data` as JSON so that readers only ever see the old or the complete new file."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` so that readers only ever see the old or the complete new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=indent)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -29,6 +29,11 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2
         except FileNotFoundError:
             pass
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+    """Write `data` as JSON so that readers only ever see the old or the complete new file."""
+    write_text_atomic(path, json.dumps(data, indent=indent))
 
 
 def read_json(path: str | os.PathLike) -> Any:

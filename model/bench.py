@@ -52,6 +52,7 @@ class BenchConfig:
     all_views: bool = False
     batch: int = 1
     raw_frames: bool = False  # time the JPEG round trip + resize of 1600x900 frames as well
+    cuda_graphs: bool = True  # as the agent runs: prefix + denoising replayed as one CUDA graph (CUDA only)
     seed: int = 0
 
 
@@ -188,7 +189,7 @@ def run_configuration(preset: str, dtype_name: str, all_views: bool, cfg: BenchC
         result.build_s = time.perf_counter() - clock
         result.parameters = sum(p.numel() for p in model.parameters())
         result.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        policy = DrivePolicy(model, config, prompt_token_ids=_fake_prompt(config))
+        policy = DrivePolicy(model, config, prompt_token_ids=_fake_prompt(config), cuda_graphs=cfg.cuda_graphs)
         observations = synthetic_observations(config, cfg.batch, cfg.raw_frames and not all_views, cfg.seed)
         if all_views:
             step = lambda: _all_views_step(policy, observations)  # noqa: E731
@@ -254,6 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-views", action="store_true", help="also time DriveMoE encoding all 7 images")
     parser.add_argument("--batch", type=int, default=1, help="observations per forward pass")
     parser.add_argument("--raw-frames", action="store_true", help="feed raw 1600x900 frames (JPEG q20 + resize timed)")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="time the un-graphed eager path on CUDA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
     parser.add_argument("--json", help="also write the results to this JSON file")
 
@@ -270,7 +272,8 @@ def main(args: argparse.Namespace) -> int:
     for preset in presets:
         ModelConfig.preset(preset)  # unknown names fail before anything is built
     cfg = BenchConfig(presets=presets, device=device, dtypes=tuple(args.dtypes), iters=args.iters, warmup=args.warmup,
-                      all_views=args.all_views, batch=args.batch, raw_frames=args.raw_frames)
+                      all_views=args.all_views, batch=args.batch, raw_frames=args.raw_frames,
+                      cuda_graphs=not args.no_cuda_graphs)
     results = run_bench(cfg)
     env = environment(device)
     print(f"\ndrivemoe bench: {env}; batch {cfg.batch}; {cfg.iters} iterations after {cfg.warmup} warm-up")

@@ -35,14 +35,6 @@ SAMPLE_FILES = {
 PROMPT = (2, 17, 33, 108)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from model.checkpoints import save_pretrained

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -16,14 +15,6 @@ from model.drivemoe import DriveMoE
 from model.errors import CheckpointError
 from model.paligemma_import import canonical_hf_key, load_paligemma_weights, our_key_of
 from model.transformer import KVCache, StreamInput, rope_cos_sin
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _our_config(softcap: float = 0.0) -> ModelConfig:

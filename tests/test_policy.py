@@ -21,15 +21,6 @@ from model.prompt import build_prompt_tokens
 PROMPT = (2, 17, 33, 108)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models: one thread avoids oversubscribing the shared 2-core CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class RecordingImages(Mapping[str, np.ndarray]):
     """A lazy image mapping that records which cameras were read."""
 

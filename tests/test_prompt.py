@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -19,15 +18,6 @@ from model.prompt import (
 )
 
 PAD, EOS, BOS, UNK, IMAGE = 0, 1, 2, 3, 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models: one thread avoids oversubscribing the shared 2-core CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build_tiny_tokenizer(folder: Path, add_image_token: bool = True) -> Path:

@@ -24,17 +24,6 @@ SAMPLE_FILES = {"CAM_FRONT": "f", "CAM_FRONT_LEFT": "fl", "CAM_FRONT_RIGHT": "fr
                 "CAM_BACK": "b", "CAM_BACK_LEFT": "bl", "CAM_BACK_RIGHT": "br"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model is bound by per-op overhead; two threads on a loaded 2-core box are far slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     _, folder, trained = build_demo_policy(tmp_path_factory.mktemp("model"), seed=0)

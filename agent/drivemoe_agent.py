@@ -23,7 +23,7 @@ from agent.config import AgentConfig, AgentConfigError, load_agent_config, parse
 from agent.metric_info import MetricInfoRecorder
 from agent.sensor_frames import leaderboard_sensors
 from agent.stack import AgentStack, route_from_plans
-from agent.trace import TraceWriter
+from agent.routing_trace import TraceWriter
 
 LOGGER = logging.getLogger(__name__)
 SAVE_PATH_VARIABLE = "SAVE_PATH"

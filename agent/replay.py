@@ -37,7 +37,7 @@ from agent.localization import GeoReference, world_to_gps
 from agent.replay_scoring import FramePrediction, score_replay
 from agent.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
 from agent.stack import AgentStack
-from agent.trace import TraceWriter
+from agent.routing_trace import TraceWriter
 from bench2drive_eval.jsonio import read_json, write_json_atomic
 from model.cameras import BENCH2DRIVE_CAMERAS, router_class_of_label
 from model.dataset.b2d_clip import B2DClip, ClipError

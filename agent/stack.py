@@ -37,7 +37,7 @@ from agent.ego_history import EgoHistoryBuffer
 from agent.localization import GeoReference, Localizer, gps_to_world, solve_reference
 from agent.route_planner import RoutePlanner
 from agent.sensor_frames import LazyCameraImages, TestTimeAugmentation, read_measurements
-from agent.trace import TraceWriter, trace_record
+from agent.routing_trace import TraceWriter, trace_record
 from model.cameras import FRONT
 from model.ego_state import EgoWorldRecord, world_to_ego
 from model.image_preprocessing import PreparedImage

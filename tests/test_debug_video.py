@@ -16,7 +16,7 @@ from agent.debug_video import (
     render_frame,
     render_trace_video,
 )
-from agent.trace import TraceWriter, trace_record
+from agent.routing_trace import TraceWriter, trace_record
 from model.cameras import ROUTER_CANDIDATES
 from model.cli import main as drivemoe_main
 from model.image_preprocessing import PreparedImage

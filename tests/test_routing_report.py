@@ -126,7 +126,7 @@ def test_cli_and_clear_errors(run, tmp_path, capsys):
 
 
 def test_dense_model_trace_reports_no_choices(tmp_path):
-    from agent.trace import TraceWriter, trace_record
+    from agent.routing_trace import TraceWriter, trace_record
     from test_debug_video import FakePrediction
 
     folder = tmp_path / CUTIN

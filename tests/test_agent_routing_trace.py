@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from agent.metric_info import MetricInfoRecorder
-from agent.trace import TraceWriter, trace_record
+from agent.routing_trace import TraceWriter, trace_record
 from model.cameras import ROUTER_CANDIDATES
 from model.image_preprocessing import PreparedImage
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from model.config import ModelConfig
 from model.drivemoe import DriveMoE
@@ -51,13 +52,24 @@ class LoadReport:
     source_dtypes: list[str] = field(default_factory=list)
 
 
+def _progress(items: dict[str, torch.Tensor], what: str):
+    """tqdm over a state_dict's items, shown only for large (paper-scale) models."""
+    large = sum(t.numel() for t in items.values()) > 100_000_000
+    return tqdm(items.items(), desc=what, unit="tensor", disable=not large)
+
+
 def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """torch.load(weights_only=True) an authors' checkpoint -> (state_dict without `_orig_mod.`, meta)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"official checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as error:  # truncated zip, foreign pickle, ... : one clear line
         raise CheckpointError(f"cannot read official checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
@@ -71,18 +83,19 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     return stripped, meta
 
 
-def _check_against_model(model: DriveMoE, state: dict[str, torch.Tensor], source: str) -> None:
+def _check_against_model(model: DriveMoE, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Every model key present with its shape, no unknown key; the error names keys and shapes."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {missing[:6]}{' ...' if len(missing) > 6 else ''}")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
-    for key in sorted(set(expected) & set(state)):
-        if tuple(expected[key].shape) != tuple(state[key].shape):
-            problems.append(f"shape mismatch for {key}: config {model.config.name!r} expects {tuple(expected[key].shape)}, checkpoint has {tuple(state[key].shape)}")
+    for key in sorted(set(expected) & set(shapes)):
+        if tuple(expected[key].shape) != tuple(shapes[key]):
+            problems.append(f"shape mismatch for {key}: config {model.config.name!r} expects {tuple(expected[key].shape)}, checkpoint has {tuple(shapes[key])}")
             break
     if problems:
         raise CheckpointError(f"{source} does not match model config {model.config.name!r}: " + "; ".join(problems))
@@ -104,14 +117,16 @@ def load_into_model(model: DriveMoE, state: dict[str, torch.Tensor], source: str
             state[proprio_key] = state[action_key]
         elif proprio_key in state and action_key not in state:
             state[action_key] = state[proprio_key]
-    _check_against_model(model, state, source)
+    _check_against_model(model, {k: tuple(v.shape) for k, v in state.items()}, source)
     for proprio_key, action_key in pairs:
         if not torch.equal(state[proprio_key], state[action_key]):
             raise CheckpointError(f"{source}: {proprio_key} differs from {action_key}, but this architecture ties them")
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
-    target = model.dtype
-    with torch.no_grad():
-        model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True)
+    aliases = {proprio for proprio, _ in pairs}
+    with torch.no_grad():  # tensor by tensor, casting on the fly: no second full copy of the weights
+        for key, tensor in _progress(model.state_dict(), "loading weights"):
+            if key not in aliases:  # tied names share storage with their action twin
+                tensor.copy_(state[key])
     unique = sum(p.numel() for p in model.parameters())  # parameters() yields shared tensors once
     return LoadReport(loaded_keys=len(state), dropped_keys=dropped, tied_pairs=pairs, num_parameters=unique, source_dtypes=dtypes)
 
@@ -167,20 +182,31 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
 def load_pretrained(directory: str | os.PathLike, device: torch.device | str = "cpu",
                     dtype: torch.dtype | str | None = None) -> tuple[DriveMoE, ModelConfig]:
     """Load a converted folder. dtype None keeps the stored dtype. Errors name the file / key / shapes."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     directory = Path(directory)
     config, payload = read_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"model folder {directory}: {WEIGHTS_FILE} not found")
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, RuntimeError) as error:
-        raise CheckpointError(f"cannot read {weights}: {error}") from None
     target = parse_dtype(dtype) or parse_dtype(payload.get("dtype", "float32"))
     model = build_model(config, device=device, dtype=target)
-    load_into_model(model, state, source=str(weights))
+    pairs = model.joint_model.tied_parameter_names()
+    aliases = {proprio for proprio, _ in pairs}
+    try:
+        # one tensor at a time from the file into the model: peak memory ~ the model plus one tensor
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            stored = set(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in stored}
+            for proprio_key, action_key in pairs:
+                if action_key in shapes and proprio_key not in shapes:
+                    shapes[proprio_key] = shapes[action_key]
+            _check_against_model(model, shapes, str(weights))
+            with torch.no_grad():
+                for key, tensor in _progress(model.state_dict(), f"loading {weights.name}"):
+                    if key not in aliases or key in stored:
+                        tensor.copy_(f.get_tensor(key))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(f"cannot read {weights}: {error}") from None
     model.eval()
     return model, config

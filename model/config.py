@@ -285,7 +285,12 @@ class ModelConfig:
     def from_official(cls, resolved: Mapping[str, Any], stats: NormalizationStats | None = None,
                       name: str = "official", prompt_token_ids: tuple[int, ...] | None = None) -> "ModelConfig":
         """Build from the authors' resolved merged config (their YAML / `resolved_merged_config`)."""
-        return _from_official(cls, resolved, stats, name, prompt_token_ids)
+        try:
+            return _from_official(cls, resolved, stats, name, prompt_token_ids)
+        except KeyError as error:
+            raise ValueError(f"official config: missing field {error}") from None
+        except (TypeError, AttributeError) as error:
+            raise ValueError(f"official config: malformed value ({error})") from None
 
 
 def _build(kind: type, value: Any, source: str) -> Any:

@@ -154,3 +154,15 @@ def test_yaml_official_config_with_references(drivemoe_reference: Path, tmp_path
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(resolved))
     with pytest.raises(ValueError, match="resolve=True"):
         read_official_config(tmp_path / "bad.yaml")
+
+
+def test_incomplete_official_config_names_the_field(drivemoe_reference: Path) -> None:
+    resolved = json.loads((drivemoe_reference / "tiny_drivemoe" / "config.json").read_text())["resolved_merged_config"]
+    broken = json.loads(json.dumps(resolved))
+    del broken["vision"]["config"]["patch_size"]
+    with pytest.raises(ValueError, match="patch_size"):
+        ModelConfig.from_official(broken)
+    broken = json.loads(json.dumps(resolved))
+    del broken["joint"]
+    with pytest.raises(ValueError, match="joint.config"):
+        ModelConfig.from_official(broken)

@@ -179,3 +179,20 @@ def test_training_losses_match_expected_training(drivemoe_reference: Path, conve
     assert out["total_loss"].requires_grad
     if variant == "stage2_train":  # quirk Q2: sample 1's tokens come from the Gumbel sample, its embedding from the argmax
         assert out["view_tokens_taken_from"][1] != out["view_embedding_index"][1]
+
+
+def test_predict_reports_bad_inputs_clearly(drivemoe_reference: Path, converted, tmp_path: Path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    inputs = load_file(str(drivemoe_reference / "tiny_drivemoe" / "inputs.safetensors"))
+    del inputs["raw_his_speed"]
+    save_file(inputs, str(tmp_path / "no_speed.safetensors"))
+    args = ["predict", "--model", str(converted[("drivemoe", "fp32")]), "--out", str(tmp_path / "o.safetensors"), "--inputs"]
+    assert cli_main(args + [str(tmp_path / "no_speed.safetensors")]) == 2
+    assert "raw_his_speed" in capsys.readouterr().err
+    # the Drive-pi0 fixture (2 images) fed to the DriveMoE model: the shape error names the tensor
+    assert cli_main(args + [str(drivemoe_reference / "tiny_drivepi0" / "inputs.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "raw_images_uint8" in err and "(2, 7, 3, 32, 32)" in err
+    assert cli_main(args + [str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err

@@ -97,7 +97,7 @@ class AgentConfig:
     preset: str = "default"
     inference_interval: int = 2  # ticks (20 Hz) between model calls; the last control is held in between
     seed: int = 0
-    jpeg_quality: int = 20
+    jpeg_quality: int | None = 20  # None: the frames are already dataset JPEGs (replay), no second round trip
     jpeg_decode_scale: int = 1  # 2: half-resolution JPEG decode, ~2.5x cheaper, not bit-exact
     cuda_graphs: bool = True  # CUDA only: prefix + denoising replayed as one captured graph (exact)
     # --- switches the presets set (see docs/conventions.md) ---
@@ -165,7 +165,13 @@ def _build(cls: type, values: dict[str, Any], where: str, source: str) -> Any:
             base = dataclasses.asdict(default)
             kwargs[name] = _build(type(default), _merge(base, value) if isinstance(value, dict) else value, path, source)
             continue
-        kwargs[name] = _check_scalar(value, _SCALAR_TYPES.get(str(f.type), str), path, source)
+        type_name = str(f.type)
+        if type_name.endswith(" | None"):
+            if value is None:
+                kwargs[name] = None
+                continue
+            type_name = type_name.removesuffix(" | None")
+        kwargs[name] = _check_scalar(value, _SCALAR_TYPES.get(type_name, str), path, source)
     try:
         return cls(**kwargs)
     except TypeError as error:
@@ -210,7 +216,7 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
             raise AgentConfigError(f"{source}: field {name!r} must be >= 1, got {value}")
     if config.jpeg_decode_scale not in (1, 2):
         raise AgentConfigError(f"{source}: field 'jpeg_decode_scale' must be 1 or 2, got {config.jpeg_decode_scale}")
-    if not 1 <= config.jpeg_quality <= 100:
+    if config.jpeg_quality is not None and not 1 <= config.jpeg_quality <= 100:
         raise AgentConfigError(f"{source}: field 'jpeg_quality' must be in 1..100, got {config.jpeg_quality}")
     if config.planner.min_distance <= 0 or config.planner.max_distance <= config.planner.min_distance:
         raise AgentConfigError(

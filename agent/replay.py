@@ -22,6 +22,7 @@ copy of the camera labels as camera_labels.json (read by `drivemoe routing-repor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
@@ -266,6 +267,9 @@ def run_replay(
             {"checkpoint": str(model_info.get("path", "in-memory")) if model_info else "in-memory",
              "device": str(getattr(policy, "device", "cpu")), "preset": config.preset, "seed": config.seed}
         )
+    # Dataset frames are already the JPEG (quality 20) the model was trained on: a second round trip
+    # would degrade them beyond what training saw, so the replay decodes them once, like the data pipeline.
+    agent_config = dataclasses.replace(agent_config, jpeg_quality=None)
     trace = _ClipFrameTrace(out)
     trace.write_header(model_info or {}, agent_config.to_dict(), clip.name)
     scenario, skill, skill_names = _scenario_skill(clip.name)

@@ -179,3 +179,41 @@ def test_bad_labels_and_missing_clip_are_clear_errors(demo_clip, model_dir, tmp_
     assert "frame 0" in capsys.readouterr().err
     assert drivemoe_main(["replay", "--clip", str(tmp_path / "nope"), "--model", str(model_dir), "--out", str(tmp_path / "r")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_replay_decodes_dataset_jpegs_once(demo_clip, model_dir, tmp_path):
+    """Dataset frames are already quality-20 JPEGs: the replay must feed the model exactly what the
+    training pipeline makes of them (decode + resize), not a second JPEG round trip."""
+    from agent.replay import ReplayConfig, run_replay
+    from model.cameras import FRONT
+    from model.image_preprocessing import prepare_camera_image
+    from model.policy import DrivePolicy
+
+    import shutil
+
+    clip_dir = tmp_path / "clip"
+    shutil.copytree(demo_clip.clip_dir, clip_dir)
+    # Store the front frames at quality 95: a second quality-20 round trip would then change them
+    # visibly (re-encoding a quality-20 JPEG at quality 20 is nearly a no-op and would hide it).
+    for path in (clip_dir / "camera" / "rgb_front").glob("*.jpg"):
+        cv2.imwrite(str(path), cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    policy = DrivePolicy.from_pretrained(model_dir)
+    seen: list[np.ndarray] = []
+
+    class RecordingPolicy:
+        def __init__(self, inner):
+            self.inner = inner
+            self.config, self.device, self.image_size = inner.config, inner.device, inner.image_size
+
+        def predict(self, observation):
+            prediction = self.inner.predict(observation)
+            seen.append(prediction.prepared_images[FRONT].chw.copy())
+            return prediction
+
+    run_replay(clip_dir, RecordingPolicy(policy), tmp_path / "out", config=ReplayConfig(progress=False))
+    clip = B2DClip(clip_dir)
+    frames = [record["frame"] for record in _trace(tmp_path / "out")]
+    assert len(frames) == len(seen) > 0
+    for frame, chw in zip(frames, seen):
+        expected = prepare_camera_image(clip.read_image(FRONT, frame), policy.image_size, jpeg_quality=None)
+        np.testing.assert_array_equal(chw, expected.chw)

@@ -34,7 +34,9 @@ setup(
     extras_require={
         # the CARLA 0.9.15 Python client for Python 3.10-3.12 (import name `carla`)
         "carla": ["carla-0-9-15"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "sentencepiece>=0.1.99", "tokenizers>=0.15"],
+        # optional TensorBoard logs of `drivemoe train`
+        "tensorboard": ["tensorboard>=2.14"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "sentencepiece>=0.1.99", "tokenizers>=0.15", "tensorboard>=2.14"],
     },
     entry_points={
         "console_scripts": [

@@ -342,3 +342,27 @@ def test_image_cache_is_pixel_identical_and_decodes_only_what_a_stage_needs(inde
     assert plain["image_mask"].all()
     assert torch.equal(first["images"], plain["images"]) and torch.equal(again["images"], plain["images"])
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 7
+
+
+def test_tensorboard_logs_the_training_and_validation_scalars(index_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(index_dir, tmp_path / "tb", steps=3)
+    config = config_from_dict({**json.loads(json.dumps(_as_dict(config))), "run": {**_as_dict(config)["run"], "tensorboard": True}})
+    run_training(config)
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert any(tag.startswith("train/") for tag in tags), tags
+    losses = [tag for tag in tags if tag.startswith("train/") and "loss" in tag]
+    assert losses and [e.step for e in events.Scalars(losses[0])] == [1, 2, 3]
+    metrics = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    name = losses[0].removeprefix("train/")
+    assert [e.value for e in events.Scalars(losses[0])] == pytest.approx([m[name] for m in metrics], rel=1e-6)
+
+
+def _as_dict(config):
+    import dataclasses
+
+    return dataclasses.asdict(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench2drive_eval.cli import EvalError
@@ -16,6 +16,8 @@ class Route:
     town: str
     scenario_types: tuple[str, ...]
     keypoints: tuple[tuple[float, float, float], ...]
+    # the <route> element as read, for tools that write route files (the runner's job splits)
+    element: ET.Element | None = field(default=None, compare=False, repr=False)
 
     @property
     def scenario_type(self) -> str:
@@ -67,7 +69,7 @@ def load_routes(path: str | os.PathLike) -> dict[str, Route]:
         types = tuple(
             s.get("type") or "" for s in (scenarios.findall("scenario") if scenarios is not None else [])
         )
-        routes[route_id] = Route(route_id=route_id, town=town, scenario_types=types, keypoints=keypoints)
+        routes[route_id] = Route(route_id=route_id, town=town, scenario_types=types, keypoints=keypoints, element=element)
     if not routes:
         raise RouteFileError(f"{path}: no <route> elements")
     return routes

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import copy
-import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench2drive_eval.routes import RouteFileError, load_routes
 
 
 class RouteSelectionError(ValueError):
@@ -33,38 +34,13 @@ class JobSplit:
         return sum(self.route_lengths)
 
 
-def _length(element: ET.Element, where: str) -> float:
-    points: list[tuple[float, float]] = []
-    for position in element.iter("position"):
-        try:
-            points.append((float(position.get("x", "")), float(position.get("y", ""))))
-        except ValueError:
-            raise RouteSelectionError(f"{where}: a <position> has a non-numeric x/y") from None
-    return sum(math.dist(a, b) for a, b in zip(points, points[1:]))
-
-
 def read_route_file(path: str | os.PathLike) -> list[RouteEntry]:
-    """All <route> elements of a leaderboard route XML, in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"routes file not found: {path}")
+    """All <route> elements of a leaderboard route XML, in file order (parsed by routes.load_routes)."""
     try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as error:
-        raise RouteSelectionError(f"{path}: not valid XML ({error})") from None
-    entries: list[RouteEntry] = []
-    seen: set[str] = set()
-    for element in root.iter("route"):
-        route_id = element.get("id")
-        if not route_id:
-            raise RouteSelectionError(f"{path}: a <route> has no id")
-        if route_id in seen:
-            raise RouteSelectionError(f"{path}: duplicate route id {route_id}")
-        seen.add(route_id)
-        entries.append(RouteEntry(route_id, element.get("town", ""), _length(element, f"{path}: route {route_id}"), element))
-    if not entries:
-        raise RouteSelectionError(f"{path}: no <route> elements")
-    return entries
+        routes = load_routes(path)
+    except RouteFileError as error:
+        raise RouteSelectionError(str(error)) from None
+    return [RouteEntry(r.route_id, r.town, r.length_m, r.element) for r in routes.values()]
 
 
 def select_subset(entries: list[RouteEntry], subset: str) -> list[RouteEntry]:

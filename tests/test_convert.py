@@ -17,15 +17,6 @@ MODELS = ("drivemoe", "drivepi0")
 PRECISIONS = ("official_checkpoint.pt", "official_checkpoint_bf16.pt")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: one intra-op thread is faster, and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def convert(reference: Path, model: str, checkpoint: str, out: Path, *extra: str) -> int:
     return cli_main(["convert", "--official", str(reference / f"tiny_{model}" / checkpoint),
                      "--official-config", str(reference / f"tiny_{model}" / "config.json"), "--out", str(out), *extra])

@@ -22,15 +22,6 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}
 DISCRETE = ("selected_view", "action_router_topk_idx")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: one intra-op thread is faster, and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def converted(drivemoe_reference: Path, tmp_path_factory) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("converted")

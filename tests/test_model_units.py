@@ -24,15 +24,6 @@ from model.normalization import NormalizationStats
 from model.transformer import StreamInput
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: one intra-op thread is faster, and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_config(kv_heads: int = 1, moe: bool = True, top_k_cameras: int = 2) -> ModelConfig:
     return ModelConfig(
         name=f"unit-kv{kv_heads}-{'moe' if moe else 'pi0'}",

@@ -155,14 +155,9 @@ def test_tokenizer_to_converted_folder_to_policy_reproduces_fixture(tmp_path: Pa
     """tokenizer -> prompt ids -> convert -> from_pretrained -> predict gives the authors' outputs (sample 0)."""
     import json
 
-    from safetensors.numpy import load_file
-
-    from model.cameras import MODEL_IMAGE_ORDER
     from model.config import ModelConfig
     from model.convert import convert_official
-    from model.ego_state import EgoStateHistory
-    from model.image_preprocessing import PreparedImage
-    from model.policy import DrivePolicy, Observation
+    from model.policy import DrivePolicy
     from model.prompt import prompt_ids_for_config
 
     folder = drivemoe_reference / "tiny_drivemoe"
@@ -171,18 +166,7 @@ def test_tokenizer_to_converted_folder_to_policy_reproduces_fixture(tmp_path: Pa
     convert_official(folder / "official_checkpoint.pt", config, tmp_path / "converted", prompt_ids=ids)
     policy = DrivePolicy.from_pretrained(tmp_path / "converted")
     assert policy.config.sequence.prompt_token_ids == (2, 17, 33, 108)
-    inputs = load_file(str(folder / "inputs.safetensors"))
-    expected = load_file(str(folder / "expected_inference.safetensors"))
-    raw = inputs["raw_images_uint8"][0]
-    history = EgoStateHistory(
-        speed=inputs["raw_his_speed"][0], acceleration=inputs["raw_his_acceleration"][0],
-        angular_velocity=inputs["raw_his_angular_velocity"][0], theta=inputs["raw_his_theta"][0],
-        command_far=np.stack([inputs["raw_x_command_far"][0], inputs["raw_y_command_far"][0]], axis=1),
-    )
-    prediction = policy.predict(Observation(
-        images={c: PreparedImage(raw[i], c) for i, c in enumerate(MODEL_IMAGE_ORDER)}, ego_history=history,
-        jpeg_quality=None, noise=inputs["init_noise"][0],
-    ))
+    prediction, expected = predict_fixture_sample0(policy, folder)
     np.testing.assert_allclose(prediction.normalized_actions, expected["final_action"][0], atol=1e-5, rtol=1e-5)
 
 
@@ -216,13 +200,9 @@ def test_shrunk_text_embedding_gives_identical_predictions() -> None:
 def test_convert_cli_with_tokenizer_and_shrunk_embedding_reproduces_fixture(tmp_path: Path, drivemoe_reference: Path) -> None:
     """`drivemoe convert --tokenizer DIR --shrink-text-embedding`: ids from the tokenizer, a vocabulary
     of a few rows, and still the authors' outputs."""
-    from safetensors.numpy import load_file
-
     from model.cameras import MODEL_IMAGE_ORDER
     from model.cli import main as cli_main
-    from model.ego_state import EgoStateHistory
-    from model.image_preprocessing import PreparedImage
-    from model.policy import DrivePolicy, Observation
+    from model.policy import DrivePolicy
 
     folder = drivemoe_reference / "tiny_drivemoe"
     tokenizer = build_fixture_vocab_tokenizer(tmp_path / "tok")
@@ -236,18 +216,7 @@ def test_convert_cli_with_tokenizer_and_shrunk_embedding_reproduces_fixture(tmp_
     assert policy.model.embed_tokens.weight.shape[0] == 6
     assert len(set(sequence.prompt_token_ids) | {sequence.pad_token_id, sequence.image_token_id}) == 6
 
-    inputs = load_file(str(folder / "inputs.safetensors"))
-    expected = load_file(str(folder / "expected_inference.safetensors"))
-    raw = inputs["raw_images_uint8"][0]
-    history = EgoStateHistory(
-        speed=inputs["raw_his_speed"][0], acceleration=inputs["raw_his_acceleration"][0],
-        angular_velocity=inputs["raw_his_angular_velocity"][0], theta=inputs["raw_his_theta"][0],
-        command_far=np.stack([inputs["raw_x_command_far"][0], inputs["raw_y_command_far"][0]], axis=1),
-    )
-    prediction = policy.predict(Observation(
-        images={c: PreparedImage(raw[i], c) for i, c in enumerate(MODEL_IMAGE_ORDER)}, ego_history=history,
-        jpeg_quality=None, noise=inputs["init_noise"][0],
-    ))
+    prediction, expected = predict_fixture_sample0(policy, folder)
     np.testing.assert_allclose(prediction.normalized_actions, expected["final_action"][0], atol=1e-5, rtol=1e-5)
     assert prediction.selected_cameras == (MODEL_IMAGE_ORDER[2 + int(expected["selected_view"][0])],)
 
@@ -260,3 +229,27 @@ def test_convert_cli_rejects_tokenizer_with_prompt_ids(tmp_path: Path, drivemoe_
         cli_main(["convert", "--official", str(folder / "official_checkpoint.pt"), "--preset", "tiny-drivemoe",
                   "--tokenizer", str(tmp_path), "--prompt-ids", "2,17", "--out", str(tmp_path / "out")])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def predict_fixture_sample0(policy, folder: Path):
+    """The policy's prediction for sample 0 of a reference fixture's inputs, and the expected outputs."""
+    from safetensors.numpy import load_file
+
+    from model.cameras import MODEL_IMAGE_ORDER
+    from model.ego_state import EgoStateHistory
+    from model.image_preprocessing import PreparedImage
+    from model.policy import Observation
+
+    inputs = load_file(str(folder / "inputs.safetensors"))
+    expected = load_file(str(folder / "expected_inference.safetensors"))
+    raw = inputs["raw_images_uint8"][0]
+    history = EgoStateHistory(
+        speed=inputs["raw_his_speed"][0], acceleration=inputs["raw_his_acceleration"][0],
+        angular_velocity=inputs["raw_his_angular_velocity"][0], theta=inputs["raw_his_theta"][0],
+        command_far=np.stack([inputs["raw_x_command_far"][0], inputs["raw_y_command_far"][0]], axis=1),
+    )
+    prediction = policy.predict(Observation(
+        images={c: PreparedImage(raw[i], c) for i, c in enumerate(MODEL_IMAGE_ORDER)}, ego_history=history,
+        jpeg_quality=None, noise=inputs["init_noise"][0],
+    ))
+    return prediction, expected

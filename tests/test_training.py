@@ -37,14 +37,6 @@ CLIPS = (
 PROMPT = [2, 17, 33, 108]  # fake ids of the tiny vocabulary, as in the reference fixtures
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
     base = tmp_path_factory.mktemp("b2d")

@@ -31,6 +31,7 @@ class DemoConfig:
     model_seed: int = 0
     torch_threads: int = 1  # the tiny model is bound by per-op overhead: one thread is fastest on 2 cores
     progress: bool = True
+    weights: Path | None = DEMO_WEIGHTS  # None: always the untrained tiny model
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class DemoResult:
     seconds: float
 
 
-def build_demo_policy(out_dir: Path, seed: int) -> tuple[Any, Path, bool]:
-    """(policy, model folder, trained?): weights/demo/ if it holds a model, else seeded tiny random weights."""
+def build_demo_policy(out_dir: Path, seed: int, weights: Path | None = DEMO_WEIGHTS) -> tuple[Any, Path, bool]:
+    """(policy, model folder, trained?): `weights` if it holds a model, else seeded tiny random weights."""
     import torch
 
     from model.checkpoints import save_pretrained
@@ -55,8 +56,8 @@ def build_demo_policy(out_dir: Path, seed: int) -> tuple[Any, Path, bool]:
     from model.drivemoe import DriveMoE
     from model.policy import DrivePolicy
 
-    if (DEMO_WEIGHTS / "config.json").is_file() and (DEMO_WEIGHTS / "model.safetensors").is_file():
-        return DrivePolicy.from_pretrained(DEMO_WEIGHTS), DEMO_WEIGHTS, True
+    if weights is not None and (weights / "config.json").is_file() and (weights / "model.safetensors").is_file():
+        return DrivePolicy.from_pretrained(weights), weights, True
     config = ModelConfig.preset(TINY_PRESET)
     config = dataclasses.replace(config, sequence=dataclasses.replace(config.sequence, prompt_token_ids=TINY_PROMPT_IDS))
     torch.manual_seed(seed)
@@ -77,7 +78,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clip = write_demo_clip(out / "clip", config.scene, progress=config.progress)
-    policy, model_dir, trained = build_demo_policy(out, config.model_seed)
+    policy, model_dir, trained = build_demo_policy(out, config.model_seed, config.weights)
     model_info = {"name": policy.config.name, "path": str(model_dir.resolve()), "trained": trained}
     replay = run_replay(clip.clip_dir, policy, out / "replay", clip.camera_labels_path,
                         ReplayConfig(progress=config.progress), model_info=model_info)
@@ -90,6 +91,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResu
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="drivemoe-demo", help="output folder (default ./drivemoe-demo)")
     parser.add_argument("--frames", type=int, default=DemoSceneConfig().num_frames, help="clip length at 10 Hz")
+    parser.add_argument("--untrained", action="store_true",
+                        help="use a randomly initialised tiny model instead of the trained demo weights in weights/demo/")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -97,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    result = run_demo(args.out, DemoConfig(scene=DemoSceneConfig(num_frames=args.frames)))
+    result = run_demo(args.out, DemoConfig(scene=DemoSceneConfig(num_frames=args.frames),
+                                           weights=None if args.untrained else DEMO_WEIGHTS))
     print()
     if result.trained:
         print(f"model:  trained demo weights from {result.model_dir}")

@@ -266,6 +266,23 @@ def _draw_box(image: np.ndarray, box: Box, pose: EgoPose, camera: CameraSpec) ->
         cv2.polylines(image, [points], True, (25, 25, 25), 1, cv2.LINE_AA)
 
 
+def camera_label_of_point(centre_ego: np.ndarray, label_range_m: float) -> str:
+    """The label of an object centred at `centre_ego` (ego frame, metres): the camera whose axis is
+    nearest its direction among those that see it; "NULL" if that is the front camera or it is far."""
+    centre = np.asarray(centre_ego, dtype=np.float64).reshape(1, 3)
+    if float(np.hypot(centre[0, 0], centre[0, 1])) > label_range_m:
+        return NULL_CAMERA_LABEL
+    best, best_angle = None, math.inf
+    for camera in BENCH2DRIVE_CAMERAS:
+        if not project_points(centre, camera).visible[0]:
+            continue
+        direction = math.atan2(centre[0, 1] - camera.y, centre[0, 0] - camera.x)
+        angle = abs((math.degrees(direction) - camera.yaw + 180.0) % 360.0 - 180.0)
+        if angle < best_angle:
+            best, best_angle = camera.name, angle
+    return NULL_CAMERA_LABEL if best in (None, FRONT) else best
+
+
 @dataclass(frozen=True)
 class DemoFrame:
     """One generated frame: RGB images per camera, the Bench2Drive annotation, the camera label."""
@@ -374,17 +391,7 @@ class DemoScene:
         t = self.time(index)
         pose, other = self.ego_pose(t), self.other_box(t)
         centre = pose.world_to_ego(np.array([[other.x, other.y, other.extent[2]]]))
-        if float(np.hypot(centre[0, 0], centre[0, 1])) > self.config.label_range_m:
-            return NULL_CAMERA_LABEL
-        best, best_angle = None, math.inf
-        for camera in BENCH2DRIVE_CAMERAS:
-            if not project_points(centre, camera).visible[0]:
-                continue
-            direction = math.atan2(centre[0, 1] - camera.y, centre[0, 0] - camera.x)
-            angle = abs((math.degrees(direction) - camera.yaw + 180.0) % 360.0 - 180.0)
-            if angle < best_angle:
-                best, best_angle = camera.name, angle
-        return NULL_CAMERA_LABEL if best in (None, FRONT) else best
+        return camera_label_of_point(centre[0], self.config.label_range_m)
 
     def camera_labels(self) -> dict[str, str]:
         return {str(i): self.camera_label(i) for i in range(self.config.num_frames)}

@@ -21,7 +21,7 @@ def restore_threads():
 @pytest.mark.slow
 def test_demo_command_writes_every_artefact(tmp_path, capsys, restore_threads):
     out = tmp_path / "demo"
-    assert drivemoe_main(["demo", "--out", str(out), "--frames", "15"]) == 0
+    assert drivemoe_main(["demo", "--out", str(out), "--frames", "15", "--untrained"]) == 0
     printed = capsys.readouterr().out
     assert "UNTRAINED" in printed  # says plainly that the model is untrained
     for line in ("clip:", "trace:", "video:", "report:"):
@@ -43,3 +43,14 @@ def test_demo_command_writes_every_artefact(tmp_path, capsys, restore_threads):
     assert (out / "model" / "model.safetensors").is_file()
     labels = json.loads((out / "clip" / "camera_labels" / "HazardAtSideLane_Town00_Route0_Weather0.json").read_text())
     assert len(labels) == 15
+
+
+def test_demo_uses_the_committed_trained_weights(tmp_path, capsys, restore_threads):
+    from agent.demo import DEMO_WEIGHTS
+
+    assert (DEMO_WEIGHTS / "model.safetensors").is_file(), "weights/demo/ is part of the repository"
+    assert drivemoe_main(["demo", "--out", str(tmp_path / "demo"), "--frames", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained demo weights" in printed and "UNTRAINED" not in printed
+    header = json.loads((tmp_path / "demo" / "replay" / "trace_header.json").read_text())
+    assert header["model"]["trained"] is True

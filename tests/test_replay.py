@@ -26,7 +26,7 @@ SAMPLE_FILES = {"CAM_FRONT": "f", "CAM_FRONT_LEFT": "fl", "CAM_FRONT_RIGHT": "fr
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    _, folder, trained = build_demo_policy(tmp_path_factory.mktemp("model"), seed=0)
+    _, folder, trained = build_demo_policy(tmp_path_factory.mktemp("model"), seed=0, weights=None)
     assert not trained
     return folder
 

@@ -297,3 +297,40 @@ def test_missing_selected_camera_and_empty_batch(moe_policy: DrivePolicy) -> Non
         moe_policy.predict(Observation(images=images, ego_history=_history(), seed=0))
     with pytest.raises(ObservationError, match="at least one"):
         moe_policy.predict_batch([])
+
+
+def test_cuda_graph_path_is_wired_like_the_eager_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph branch of predict_batch (GPU only) hands the graph the same inputs the eager
+    path uses; a stand-in that runs eagerly replaces the capture so the wiring is checked on the CPU.
+    (The capture itself is compared with eager on a GPU in test_model_units.)"""
+    import model.policy as policy_module
+
+    built: list[int] = []
+
+    class EagerStandIn:
+        def __init__(self, model: DriveMoE, batch: int) -> None:
+            built.append(batch)
+            self.model, self.batch = model, batch
+
+        def __call__(self, input_ids, attention_mask, image_tokens, proprio, noise):
+            assert input_ids.shape[0] == attention_mask.shape[0] == image_tokens.shape[0] == self.batch
+            assert noise.device == self.model.device and noise.dtype == torch.float32
+            cache = self.model.build_prefix_cache(input_ids, attention_mask, image_tokens, proprio)
+            return self.model.denoise(cache, noise=noise)
+
+    monkeypatch.setattr(policy_module, "GraphedPrefixAndDenoise", EagerStandIn)
+    model = _tiny_model("tiny-drivemoe")
+    eager = DrivePolicy(model, prompt_token_ids=PROMPT)
+    graphed = DrivePolicy(model, prompt_token_ids=PROMPT, cuda_graphs=True)
+    assert graphed.cuda_graphs is False  # ignored off CUDA
+    graphed.cuda_graphs = True  # force the branch, as on a GPU
+    observations = [Observation(images=_frames(s), ego_history=_history(), seed=s) for s in (1, 2)]
+    for batch in (observations[:1], observations, observations[:1]):
+        expected = eager.predict_batch(batch)
+        got = graphed.predict_batch(batch)
+        for e, g in zip(expected, got):
+            np.testing.assert_array_equal(g.normalized_actions, e.normalized_actions)
+            assert g.selected_cameras == e.selected_cameras
+            np.testing.assert_array_equal(g.action_router_experts, e.action_router_experts)
+            assert g.timings_ms["prefix"] == 0.0 and g.timings_ms["denoise"] > 0.0
+    assert built == [1, 2]  # one capture per batch size, reused afterwards

@@ -49,6 +49,8 @@ def test_demo_uses_the_committed_trained_weights(tmp_path, capsys, restore_threa
     from agent.demo import DEMO_WEIGHTS
 
     assert (DEMO_WEIGHTS / "model.safetensors").is_file(), "weights/demo/ is part of the repository"
+    size = sum((DEMO_WEIGHTS / name).stat().st_size for name in ("model.safetensors", "config.json"))
+    assert size < 5 * 1024 * 1024, f"the demo checkpoint must stay under 5 MB, it is {size} bytes"
     assert drivemoe_main(["demo", "--out", str(tmp_path / "demo"), "--frames", "5"]) == 0
     printed = capsys.readouterr().out
     assert "trained demo weights" in printed and "UNTRAINED" not in printed

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
+from model.dataclass_dicts import build_dataclass
+
 PRESETS: tuple[str, ...] = ("default", "official")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 HISTORY_MODES: tuple[str, ...] = ("current_10hz", "official_offset")
@@ -143,57 +145,6 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _build(cls: type, values: dict[str, Any], where: str, source: str) -> Any:
-    """Instantiate dataclass `cls` from a dict, checking names and types; errors name file and field."""
-    if not isinstance(values, dict):
-        raise AgentConfigError(f"{source}: field {where or '<root>'!r} must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise AgentConfigError(
-            f"{source}: unknown field(s) {[prefix + u for u in unknown]}; known: {sorted(fields)}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in values:
-            continue
-        value = values[name]
-        path = f"{where}.{name}" if where else name
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default):
-            base = dataclasses.asdict(default)
-            kwargs[name] = _build(type(default), _merge(base, value) if isinstance(value, dict) else value, path, source)
-            continue
-        type_name = str(f.type)
-        if type_name.endswith(" | None"):
-            if value is None:
-                kwargs[name] = None
-                continue
-            type_name = type_name.removesuffix(" | None")
-        kwargs[name] = _check_scalar(value, _SCALAR_TYPES.get(type_name, str), path, source)
-    try:
-        return cls(**kwargs)
-    except TypeError as error:
-        raise AgentConfigError(f"{source}: {where or 'config'}: {error}") from None
-
-
-# Field annotations are strings (postponed evaluation); Literal[...] fields hold strings.
-_SCALAR_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "str": str}
-
-
-def _check_scalar(value: Any, expected: type, path: str, source: str) -> Any:
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is bool and not isinstance(value, bool):
-        raise AgentConfigError(f"{source}: field {path!r} must be true or false, got {value!r}")
-    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise AgentConfigError(f"{source}: field {path!r} must be an integer, got {value!r}")
-    if not isinstance(value, expected):
-        raise AgentConfigError(f"{source}: field {path!r} must be a {expected.__name__}, got {value!r}")
-    return value
-
-
 def _validate(config: AgentConfig, source: str) -> AgentConfig:
     choices = {
         "preset": (config.preset, PRESETS),
@@ -238,7 +189,7 @@ def agent_config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Ag
     if preset not in PRESETS:
         raise AgentConfigError(f"{source}: field 'preset' is {preset!r}, expected one of {list(PRESETS)}")
     merged = _merge(PRESET_VALUES[preset], values)
-    return _validate(_build(AgentConfig, merged, "", source), source)
+    return _validate(build_dataclass(AgentConfig, merged, source, error=AgentConfigError), source)
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:

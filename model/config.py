@@ -8,9 +8,10 @@ authors' resolved Hydra/OmegaConf config; `to_dict`/`from_dict` round-trip throu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from model.dataclass_dicts import build_dataclass
 from model.normalization import NormalizationStats
 
 
@@ -178,18 +179,6 @@ class LossConfig:
         raise ValueError(f"training stage must be 1 or 2, got {stage!r}")
 
 
-_SUBCONFIGS: dict[str, type] = {
-    "vision": VisionConfig,
-    "joint": JointConfig,
-    "camera_router": CameraRouterConfig,
-    "action_moe": ActionMoEConfig,
-    "flow": FlowConfig,
-    "sequence": SequenceConfig,
-    "loss": LossConfig,
-    "stats": NormalizationStats,
-}
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """The whole network. Drive-pi0 = both MoE switches off."""
@@ -262,24 +251,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "ModelConfig":
         """Inverse of `to_dict`; unknown or malformed fields are errors that name the field."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{source}: expected a JSON object for the model config, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown model config field(s) {unknown}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "stats":
-                kwargs[key] = NormalizationStats.from_dict(value, source=f"{source}: stats")
-            elif key in _SUBCONFIGS:
-                kwargs[key] = _build(_SUBCONFIGS[key], value, f"{source}: {key}")
-            else:
-                kwargs[key] = value
-        try:
-            return cls(**kwargs)
-        except TypeError as error:
-            raise ValueError(f"{source}: {error}") from None
+        return build_dataclass(cls, data, source, builders={NormalizationStats: _read_stats})
 
     @classmethod
     def from_official(cls, resolved: Mapping[str, Any], stats: NormalizationStats | None = None,
@@ -293,24 +265,8 @@ class ModelConfig:
             raise ValueError(f"official config: malformed value ({error})") from None
 
 
-def _build(kind: type, value: Any, source: str) -> Any:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{source}: expected an object, got {value!r}")
-    names = {f.name for f in fields(kind)}
-    unknown = sorted(set(value) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {unknown}")
-    kwargs = dict(value)
-    for key in ("vlm", "proprio", "action"):
-        if kind is JointConfig and key in kwargs:
-            kwargs[key] = _build(MixtureConfig, kwargs[key], f"{source}.{key}")
-    for key in ("prompt_token_ids", "camera_class_counts", "scenario_class_counts"):
-        if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = tuple(kwargs[key])
-    try:
-        return kind(**kwargs)
-    except TypeError as error:
-        raise ValueError(f"{source}: {error}") from None
+def _read_stats(values: Mapping[str, Any], source: str) -> NormalizationStats:
+    return NormalizationStats.from_dict(values, source=source)
 
 
 def _get(cfg: Mapping[str, Any], path: str) -> Any:

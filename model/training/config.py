@@ -6,12 +6,13 @@ keys are errors naming the file and the key. `configs/train/*.yaml` hold the aut
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from model.dataclass_dicts import build_dataclass
 from model.errors import DriveMoEError
 
 
@@ -133,34 +134,11 @@ class TrainConfig:
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
 
 
-_SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
-
-
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """Build a TrainConfig; errors name the source, the section and the key."""
-    if not isinstance(data, Mapping):
-        raise TrainConfigError(f"{source}: expected a mapping with sections {sorted(_SECTIONS)}")
-    unknown = sorted(set(data) - set(_SECTIONS))
-    if unknown:
-        raise TrainConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(_SECTIONS)}")
-    if "data" not in data:
-        raise TrainConfigError(f"{source}: section 'data' is required")
-    sections = {}
-    for name, kind in _SECTIONS.items():
-        values = data.get(name) or {}
-        if not isinstance(values, Mapping):
-            raise TrainConfigError(f"{source}: section {name!r} must be a mapping, got {values!r}")
-        allowed = {f.name for f in fields(kind)}
-        bad = sorted(set(values) - allowed)
-        if bad:
-            raise TrainConfigError(f"{source}: unknown key(s) {bad} in section {name!r}; allowed: {sorted(allowed)}")
-        try:
-            sections[name] = kind(**values)
-        except TrainConfigError as error:
-            raise TrainConfigError(f"{source}: {error}") from None
-        except TypeError as error:
-            raise TrainConfigError(f"{source}: section {name!r}: {error}") from None
-    return TrainConfig(**sections)
+    if isinstance(data, Mapping):  # a YAML section with every key commented out reads as null
+        data = {name: {} if values is None else values for name, values in data.items()}
+    return build_dataclass(TrainConfig, data, source, error=TrainConfigError)
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -178,7 +156,8 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         section, _, key = dotted.partition(".")
         if not key:
             raise TrainConfigError(f"override {dotted!r} must be section.key")
-        data.setdefault(section, {})
+        if data.get(section) is None:
+            data[section] = {}
         if not isinstance(data[section], dict):
             raise TrainConfigError(f"{path}: section {section!r} must be a mapping")
         data[section][key] = value

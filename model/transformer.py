@@ -121,7 +121,12 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     scores = torch.matmul(q.reshape(b, hkv, r * tq, d), k.transpose(-1, -2)) / math.sqrt(d)
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.view(b, hkv, r, tq, -1) + mask.to(scores.dtype).unsqueeze(2)
+    scores = scores.view(b, hkv, r, tq, -1)
+    if scores.dtype in (torch.bfloat16, torch.float16):
+        # add the mask in fp32: under autocast with fp32 weights the mask holds float32's minimum, which is
+        # -inf in bf16, and a fully masked (padding) row would turn into NaN and spread through V
+        scores = scores.float()
+    scores = scores + mask.to(scores.dtype).unsqueeze(2)
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     return torch.matmul(probs.view(b, hkv, r * tq, -1), v).view(b, hq, tq, d)
 

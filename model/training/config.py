@@ -80,6 +80,7 @@ class OptimSection:
     min_lr_ratio: float = 0.0  # the cosine ends at min_lr_ratio * lr
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes, CUDA only)
     precision: str = "bf16"  # autocast dtype on CUDA: "bf16" or "fp32"
+    cpu_autocast: bool = False  # also autocast to bf16 on CPU (tests of the bf16 path; CPU bf16 is slow)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))

@@ -384,7 +384,8 @@ def validate(model: DriveMoE, dataset: WindowDataset, config: TrainConfig, ddp: 
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    enabled = device.type == "cuda" and config.optim.precision == "bf16"
+    o = config.optim
+    enabled = o.precision == "bf16" and (device.type == "cuda" or (device.type == "cpu" and o.cpu_autocast))
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

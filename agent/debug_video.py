@@ -22,10 +22,9 @@ import cv2
 import numpy as np
 
 from agent.projection import project_points
+from agent.routing_trace import HEADER_FILE, TRACE_FILE
 from model.cameras import CAMERAS_BY_NAME, FRONT, ROUTER_CANDIDATES
 
-TRACE_FILE = "trace.jsonl"
-HEADER_FILE = "trace_header.json"
 REQUIRED_KEYS = ("frame", "waypoints")
 
 # mosaic order, as the cameras sit on the car

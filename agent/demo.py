@@ -1,6 +1,7 @@
 """`drivemoe demo`: the whole routing-debug pipeline on a built-in scene; no CARLA, no GPU, no download.
 
-Steps: render the procedural clip (agent/demo_scene.py) in the Bench2Drive layout with its camera
+Steps: render a held-out clip of the demo scenario family (agent/demo_scenarios.py; by default a lane
+change that must wait for a car seen only by the back-side camera) in the Bench2Drive layout with its camera
 labels, build a model (trained demo weights from weights/demo/ when that folder holds a converted
 model, else the tiny-drivemoe preset with seeded random weights, saved to OUT/model so that
 `drivemoe replay --model OUT/model` works on it too), replay the clip through the agent stack
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.demo_scene import DemoSceneConfig, write_demo_clip
+from agent.demo_scenarios import KINDS, ScenarioFamilyConfig, sample_scenario, showcase_seed, write_scenario_clip
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "demo"
 TINY_PRESET = "tiny-drivemoe"
@@ -27,7 +28,10 @@ TINY_PROMPT_IDS = (2, 17, 33, 108)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    scene: DemoSceneConfig = DemoSceneConfig()
+    kind: str = "lane_change"  # scenario kind of agent/demo_scenarios.py
+    seed: int | None = None  # None: the kind's showcase seed (held out from the demo weights' training)
+    frames: int = 60  # clip length at 10 Hz; the demo weights were trained on 60-frame clips
+    image_size: tuple[int, int] = (400, 225)  # rendered camera images (the model sees 32 x 32)
     model_seed: int = 0
     torch_threads: int = 1  # the tiny model is bound by per-op overhead: one thread is fastest on 2 cores
     progress: bool = True
@@ -77,7 +81,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResu
     torch.set_num_threads(config.torch_threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clip = write_demo_clip(out / "clip", config.scene, progress=config.progress)
+    family = ScenarioFamilyConfig(num_frames=config.frames, image_width=config.image_size[0], image_height=config.image_size[1])
+    seed = showcase_seed(config.kind, family) if config.seed is None else config.seed
+    clip = write_scenario_clip(out / "clip", sample_scenario(seed, family), progress=config.progress)
     policy, model_dir, trained = build_demo_policy(out, config.model_seed, config.weights)
     model_info = {"name": policy.config.name, "path": str(model_dir.resolve()), "trained": trained}
     replay = run_replay(clip.clip_dir, policy, out / "replay", clip.camera_labels_path,
@@ -90,7 +96,12 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResu
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="drivemoe-demo", help="output folder (default ./drivemoe-demo)")
-    parser.add_argument("--frames", type=int, default=DemoSceneConfig().num_frames, help="clip length at 10 Hz")
+    defaults = DemoConfig()
+    parser.add_argument("--kind", choices=KINDS, default=defaults.kind,
+                        help=f"scenario kind of the clip (default {defaults.kind}: must wait for a car only the back-side camera sees)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="scenario seed (default: a held-out seed of --kind; seeds below 1000000 are training clips)")
+    parser.add_argument("--frames", type=int, default=defaults.frames, help="clip length at 10 Hz (at least 15)")
     parser.add_argument("--untrained", action="store_true",
                         help="use a randomly initialised tiny model instead of the trained demo weights in weights/demo/")
 
@@ -98,9 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from agent.replay import format_scores
 
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    result = run_demo(args.out, DemoConfig(scene=DemoSceneConfig(num_frames=args.frames),
+    if args.frames < 15:
+        raise ValueError(f"--frames must be >= 15 (a scored frame needs ten future frames and the ego history), got {args.frames}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    result = run_demo(args.out, DemoConfig(kind=args.kind, seed=args.seed, frames=args.frames,
                                            weights=None if args.untrained else DEMO_WEIGHTS))
     print()
     if result.trained:
@@ -108,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"model:  {TINY_PRESET} with RANDOM, UNTRAINED weights ({result.model_dir}).")
         print("        Its waypoints and routing choices are noise: this demo shows the pipeline, not driving.")
-    print(f"clip:   {result.clip_dir}  (procedural scene, Bench2Drive layout, camera labels beside it)")
+    print(f"clip:   {result.clip_dir}  (procedural scenario, Bench2Drive layout, camera labels beside it)")
     print(f"trace:  {result.trace_dir / 'trace.jsonl'}")
     print(f"video:  {result.video}")
     print(f"report: {result.report}")

@@ -240,14 +240,21 @@ def _clip_near(polygon_cam: np.ndarray, near: float = 0.2) -> np.ndarray:
     return np.array(out)
 
 
-def _draw_box(image: np.ndarray, box: Box, pose: EgoPose, camera: CameraSpec) -> None:
-    corners_ego = pose.world_to_ego(box.corners_world())
+def _draw_box(image: np.ndarray, corners_ego: np.ndarray, colour: tuple[int, int, int], camera: CameraSpec) -> None:
+    """Draw a box given by its 8 corners in the ego frame (order of Box.corners_world)."""
     matrix = cam_to_ego(camera)
     corners_cam = (corners_ego - matrix[:3, 3]) @ matrix[:3, :3]
     if np.all(corners_cam[:, 0] < 0.2):
         return
     height, width = image.shape[:2]
     intrinsics = scaled_intrinsics(camera, (width, height))
+    # Cull boxes wholly beyond the left or right edge of the view (planes through the camera centre,
+    # two pixels of margin for the anti-aliased outline): a convex box with every corner outside the
+    # same plane draws no pixel, so skipping it changes nothing in the image.
+    left = (intrinsics[0, 2] + 2.0) / intrinsics[0, 0]
+    right = (width - intrinsics[0, 2] + 2.0) / intrinsics[0, 0]
+    if np.all(corners_cam[:, 1] > right * corners_cam[:, 0]) or np.all(corners_cam[:, 1] < -left * corners_cam[:, 0]):
+        return
     centre = corners_cam.mean(axis=0)
     for face, shade in zip(_BOX_FACES, _FACE_SHADE):
         polygon = corners_cam[list(face)]
@@ -261,8 +268,8 @@ def _draw_box(image: np.ndarray, box: Box, pose: EgoPose, camera: CameraSpec) ->
         u = intrinsics[0, 2] + intrinsics[0, 0] * polygon[:, 1] / polygon[:, 0]
         v = intrinsics[1, 2] - intrinsics[1, 1] * polygon[:, 2] / polygon[:, 0]
         points = np.clip(np.stack([u, v], axis=1), -4 * width, 4 * width).round().astype(np.int32)
-        color = tuple(int(min(255, c * shade)) for c in box.color)
-        cv2.fillPoly(image, [points], color, cv2.LINE_AA)
+        shaded = tuple(int(min(255, c * shade)) for c in colour)
+        cv2.fillPoly(image, [points], shaded, cv2.LINE_AA)
         cv2.polylines(image, [points], True, (25, 25, 25), 1, cv2.LINE_AA)
 
 
@@ -409,6 +416,8 @@ class DemoScene:
         anchors = [(b.x, b.y) for b in self.posts] + [(car[0].x, car[0].y)] * len(car)
         centres = pose.world_to_ego(np.array([[x, y, 0.0] for x, y in anchors]))
         order = np.argsort(-np.hypot(centres[:, 0], centres[:, 1]), kind="stable")
+        near = [k for k in order if np.hypot(*centres[k, :2]) < 80.0]
+        corners = {k: pose.world_to_ego(boxes[k].corners_world()) for k in near}
         images = {}
         for camera in BENCH2DRIVE_CAMERAS:
             ground = self._ground[camera.name]
@@ -418,9 +427,8 @@ class DemoScene:
             colour = colour * (1 - ground.fog) + _HAZE * ground.fog
             image = np.where(ground.ground_mask[..., None], colour, ground.sky).astype(np.uint8)
             image = np.ascontiguousarray(image)
-            for k in order:
-                if np.hypot(*centres[k, :2]) < 80.0:
-                    _draw_box(image, boxes[k], pose, camera)
+            for k in near:
+                _draw_box(image, corners[k], boxes[k].color, camera)
             images[camera.name] = image
         return images
 

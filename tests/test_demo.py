@@ -41,8 +41,9 @@ def test_demo_command_writes_every_artefact(tmp_path, capsys, restore_threads):
     assert scores["camera_router"]["scored_frames"] == 15
     assert scores["waypoints"]["scored_frames"] == 6  # frames 0..5 have ten future frames
     assert (out / "model" / "model.safetensors").is_file()
-    labels = json.loads((out / "clip" / "camera_labels" / "HazardAtSideLane_Town00_Route0_Weather0.json").read_text())
-    assert len(labels) == 15
+    label_files = list((out / "clip" / "camera_labels").glob("*.json"))
+    assert [f.name for f in label_files] == ["LaneChange_Town00_Route1000001_Weather0.json"]  # the default: a held-out lane change
+    assert len(json.loads(label_files[0].read_text())) == 15
 
 
 def test_demo_uses_the_committed_trained_weights(tmp_path, capsys, restore_threads):
@@ -51,8 +52,13 @@ def test_demo_uses_the_committed_trained_weights(tmp_path, capsys, restore_threa
     assert (DEMO_WEIGHTS / "model.safetensors").is_file(), "weights/demo/ is part of the repository"
     size = sum((DEMO_WEIGHTS / name).stat().st_size for name in ("model.safetensors", "config.json"))
     assert size < 5 * 1024 * 1024, f"the demo checkpoint must stay under 5 MB, it is {size} bytes"
-    assert drivemoe_main(["demo", "--out", str(tmp_path / "demo"), "--frames", "5"]) == 0
+    assert drivemoe_main(["demo", "--out", str(tmp_path / "demo"), "--frames", "15", "--kind", "cut_in"]) == 0
     printed = capsys.readouterr().out
     assert "trained demo weights" in printed and "UNTRAINED" not in printed
     header = json.loads((tmp_path / "demo" / "replay" / "trace_header.json").read_text())
     assert header["model"]["trained"] is True
+
+
+def test_demo_rejects_a_clip_too_short_to_score(tmp_path, capsys):
+    assert drivemoe_main(["demo", "--out", str(tmp_path / "demo"), "--frames", "5"]) != 0
+    assert "--frames must be >= 15" in capsys.readouterr().err

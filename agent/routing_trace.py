@@ -100,13 +100,32 @@ def trace_record(
 
 
 class TraceWriter:
-    """Appends trace lines to <folder>/trace.jsonl, flushing each; writes the header once."""
+    """Appends trace lines to <folder>/trace.jsonl, flushing each; writes the header once.
+
+    A folder that already holds a trace (an earlier run into the same folder, or a route the evaluator
+    restarts) keeps it as trace.previous-N.jsonl (+ header) and starts a new one: two runs never mix in
+    one file, and nothing is lost."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.folder / TRACE_FILE, "a", encoding="utf-8")
+        self.previous = self._keep_previous_trace()
+        self._handle = open(self.folder / TRACE_FILE, "w", encoding="utf-8")
         self.lines = 0
+
+    def _keep_previous_trace(self) -> Path | None:
+        trace = self.folder / TRACE_FILE
+        if not trace.is_file() or trace.stat().st_size == 0:
+            return None
+        number = 1
+        while (self.folder / f"trace.previous-{number}.jsonl").exists():
+            number += 1
+        kept = self.folder / f"trace.previous-{number}.jsonl"
+        trace.rename(kept)
+        header = self.folder / HEADER_FILE
+        if header.is_file():
+            header.rename(self.folder / f"trace_header.previous-{number}.json")
+        return kept
 
     def write_header(self, model: dict[str, Any], agent_config: dict[str, Any], save_name: str | None) -> None:
         write_json_atomic(

@@ -52,6 +52,26 @@ def test_writer_flushes_each_line_and_saves_images(tmp_path):
     assert header["save_name"] == "RouteScenario_1" and header["version"] == 1 and len(header["cameras"]) == 6
 
 
+def test_a_second_run_into_the_same_folder_starts_a_new_trace_and_keeps_the_old(tmp_path):
+    def run(frames, name):
+        writer = TraceWriter(tmp_path)
+        writer.write_header({"name": name}, {}, "RouteScenario_1")
+        for frame in frames:
+            writer.append(trace_record(frame, frame / 20, 0.0, (0, 0), 0.0, (1, 0), prediction(), {"steer": 0, "throttle": 0, "brake": 1}, {}))
+        writer.close()
+        return writer
+
+    assert run([0, 2, 4], "first").previous is None
+    second = run([0, 2], "second")
+    assert second.previous == tmp_path / "trace.previous-1.jsonl"
+    frames = [json.loads(line)["frame"] for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert frames == [0, 2]  # not appended to the first run's lines
+    assert json.loads((tmp_path / "trace_header.json").read_text())["model"]["name"] == "second"
+    assert [json.loads(l)["frame"] for l in second.previous.read_text().splitlines()] == [0, 2, 4]
+    assert json.loads((tmp_path / "trace_header.previous-1.json").read_text())["model"]["name"] == "first"
+    assert run([0], "third").previous == tmp_path / "trace.previous-2.jsonl"
+
+
 def test_metric_info_is_written_at_checkpoints_and_close_in_bench2drive_format(tmp_path):
     path = tmp_path / "metric_info.json"
     recorder = MetricInfoRecorder(path, every=3)

@@ -81,19 +81,26 @@ def _render(job: tuple[str, int, ScenarioFamilyConfig]) -> str:
 def generate_clips(root: Path, seeds: list[int], family: ScenarioFamilyConfig, workers: int, desc: str) -> list[str]:
     """Render the clips of `seeds` under `root` (labels in root/camera_labels); returns clip names."""
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root), seed, family) for seed in seeds]
-    names = []
-    with tqdm(total=len(jobs), desc=desc, unit="clip") as progress:
+    return _map_with_progress(_render, [(str(root), seed, family) for seed in seeds], workers, desc, "clip")
+
+
+def _map_with_progress(function, jobs: list, workers: int, desc: str, unit: str, threads: int | None = None) -> list:
+    """[function(job) for job in jobs] with a progress bar; in `workers` spawned processes (each with
+    `threads` torch threads) when workers > 1, in order."""
+    results = []
+    with tqdm(total=len(jobs), desc=desc, unit=unit) as progress:
         if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for name in pool.map(_render, jobs, chunksize=1):
-                    names.append(name)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_set_threads if threads else None, initargs=(threads,) if threads else ())
+            with pool:
+                for result in pool.map(function, jobs, chunksize=1):
+                    results.append(result)
                     progress.update(1)
         else:
             for job in jobs:
-                names.append(_render(job))
+                results.append(function(job))
                 progress.update(1)
-    return names
+    return results
 
 
 def prepare_index(root: Path, index_dir: Path, workers: int) -> dict:
@@ -287,19 +294,7 @@ def evaluate_models(models: dict[str, Path], root: Path, clips: dict[str, str], 
     from model.checkpoints import load_pretrained
 
     jobs = [(model_dir, name, root, clip, group, out_dir) for name, model_dir in models.items() for clip, group in clips.items()]
-    results: list[ClipScores] = []
-    with tqdm(total=len(jobs), desc="evaluate held-out clips", unit="replay") as progress:
-        if workers > 1:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_set_threads,
-                                     initargs=(threads,)) as pool:
-                for result in pool.map(_replay_clip, jobs, chunksize=1):
-                    results.append(result)
-                    progress.update(1)
-        else:
-            for job in jobs:
-                results.append(_replay_clip(job))
-                progress.update(1)
+    results: list[ClipScores] = _map_with_progress(_replay_clip, jobs, workers, "evaluate held-out clips", "replay", threads)
     by_model = {name: [r for r, job in zip(results, jobs) if job[1] == name] for name in models}
     parameters = {name: sum(p.numel() for p in load_pretrained(path, dtype=None)[0].parameters()) for name, path in models.items()}
     overall = [_pool(name, parameters[name], by_model[name]) for name in models]

@@ -1,6 +1,6 @@
 """Measure the per-device memory of one full-size training step without a GPU.
 
-    python benchmarks/training_memory.py [--batch 8] [--json OUT]
+    python benchmarks/training_memory.py [--batch 8] [--only TEXT] [--ddp-bucket-view on|off] [--json OUT]
     python benchmarks/training_memory.py --compile-check   # inductor vs eager, tiny preset (minutes)
 
 Method. The model, the optimiser and a batch are built under `FakeTensorMode`: every tensor has its real
@@ -20,8 +20,12 @@ the temporaries alive at the peak.
 What is counted, not measured: bitsandbytes' 8-bit AdamW state (not installed here), from its layout (two
 uint8 moments + one fp32 absmax per 256 elements per moment, 32-bit moments below 4096 elements),
 substituted for the fp32 state in the measured peaks (the state is persistent, so this is exact); its
-step is one fused in-place kernel, assumed to need no temporary. DDP's flattened gradient buckets: one
-fp32 copy of all gradients (`gradient_as_bucket_view=False`, the default the loop uses).
+step is one fused in-place kernel, assumed to need no temporary. DDP's flattened gradient buckets (DDP
+itself is not run here): one fp32 slot per trainable parameter, parameters that never get a gradient
+included. With `run.ddp_bucket_view` on (the loop's default, DDP's `gradient_as_bucket_view=True`) the
+.grad tensors are views into the buckets and are zeroed in place, never freed, so the buckets replace the
+measured gradients (+ the slots of gradient-less parameters); off, they come on top of them. Both follow
+from how DDP's reducer allocates, not from a measurement.
 What is not in the figures: the CUDA context and cuBLAS/NCCL workspaces (outside the PyTorch allocator),
 caching-allocator fragmentation (reserved > allocated), kernel-internal scratch (e.g. attention
 workspaces). `MARGIN_FRACTION` and `MARGIN_FIXED_GIB` add a stated allowance for them; the rows show the
@@ -50,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.config import ModelConfig  # noqa: E402
 from model.drivemoe import DriveMoE  # noqa: E402
 from model.image_preprocessing import to_pixel_values  # noqa: E402
+from model.training.config import RunSection  # noqa: E402
 from model.training.train import TrainForward, enable_activation_checkpointing, split_parameters  # noqa: E402
 
 GIB = 1024 ** 3
@@ -147,12 +152,13 @@ def bnb_adamw8bit_state_bytes(params: list[torch.Tensor]) -> int:
     return total
 
 
-def measure(case: Case, checkpointing: bool) -> dict[str, dict[str, float]]:
+def measure(case: Case, checkpointing: bool, bucket_view: bool = True) -> dict[str, dict[str, float]]:
     """One run with fp32 AdamW (measured) and the 8-bit AdamW figures derived from it; sizes in GiB.
 
     Sequence: warm-up micro-batch, clip, optimiser step (creates the state), then the measured
     micro-batch with the gradients of the previous one still held (as every micro-batch after the first
-    of an accumulated step; with accumulation 1 the gradients are dropped first), clip and step.
+    of an accumulated step; with accumulation 1 and no DDP bucket view the gradients are dropped first:
+    bucket views are zeroed in place and stay allocated), clip and step.
     """
     started = time.perf_counter()
     base = ModelConfig.preset(case.preset)
@@ -196,13 +202,15 @@ def measure(case: Case, checkpointing: bool) -> dict[str, dict[str, float]]:
             grads = sum(p.grad.untyped_storage().nbytes() for p in with_grads)
             state = sum(t.untyped_storage().nbytes() for opt in optimizers for s in opt.state.values()
                         for t in s.values() if isinstance(t, torch.Tensor))
-            if case.accumulation == 1:
+            if case.accumulation == 1 and not bucket_view:
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
             live.reset_peak()
             held, casts = micro_step()
             backward_peak = live.peak
             clip_peak, step_peak = clip_and_step()
+    # DDP buckets every parameter that requires a gradient (shared parameters once), fp32 like the weights
+    buckets = sum(p.numel() * p.element_size() for p in {id(p): p for p in params}.values() if p.requires_grad)
     state8 = bnb_adamw8bit_state_bytes(with_grads)  # bitsandbytes skips parameters without gradients too
     rows = {}
     for optimizer, state_bytes in (("adamw", state), ("adamw8bit", state8)):
@@ -211,7 +219,8 @@ def measure(case: Case, checkpointing: bool) -> dict[str, dict[str, float]]:
         fb = backward_peak - state + state_bytes
         st = step_peak if optimizer == "adamw" else clip_peak - state + state_bytes
         peak = max(fb, st)
-        with_ddp = peak + grads
+        # every peak above holds the gradients; with bucket views the buckets are their storage
+        with_ddp = peak + buckets - (grads if bucket_view else 0)
         planned = with_ddp * (1 + MARGIN_FRACTION) + MARGIN_FIXED_GIB * GIB
         rows[optimizer] = {
             "weights_gib": weights / GIB,
@@ -222,7 +231,9 @@ def measure(case: Case, checkpointing: bool) -> dict[str, dict[str, float]]:
             "peak_forward_backward_gib": fb / GIB,
             "peak_optimizer_step_gib": st / GIB,
             "peak_gib": peak / GIB,
-            "ddp_buckets_gib": grads / GIB,
+            "ddp_bucket_view": bucket_view,
+            "ddp_buckets_gib": buckets / GIB,
+            "ddp_added_gib": (with_ddp - peak) / GIB,
             "peak_with_ddp_gib": with_ddp / GIB,
             "planned_gib": planned / GIB,
             "fits_80gb": planned / GIB <= GPU_USABLE_GIB,
@@ -280,6 +291,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8, help="samples per device (default 8)")
     parser.add_argument("--only", default="", help="measure only the runs whose name contains this text")
     parser.add_argument("--json", type=Path, help="write the rows to this file")
+    default_view = "on" if RunSection().ddp_bucket_view else "off"
+    parser.add_argument("--ddp-bucket-view", choices=("on", "off"), default=default_view,
+                        help=f"DDP gradient buckets as in run.ddp_bucket_view (default {default_view}, the loop's)")
     parser.add_argument("--compile-check", action="store_true",
                         help="instead: compare inductor-compiled and eager training steps of the tiny preset (minutes)")
     args = parser.parse_args()
@@ -288,17 +302,19 @@ def main() -> int:
         return 0
     if args.batch < 1:
         parser.error("--batch must be >= 1")
+    bucket_view = args.ddp_bucket_view == "on"
     rows = []
     header = (f"{'run':<17} {'ckpt':<4} {'optim':<9} {'weights':>7} {'opt st':>6} {'grads':>6} {'bf16 w':>6} "
               f"{'act':>6} {'peak f/b':>8} {'peak st':>7} {'+DDP':>6} {'planned':>7}  fits 80GB")
-    print(f"GiB per device, {args.batch} samples per device, bf16 autocast; planned = (peak + DDP buckets) "
+    ddp_rule = "buckets - gradients (bucket view)" if bucket_view else "buckets (no bucket view)"
+    print(f"GiB per device, {args.batch} samples per device, bf16 autocast; planned = (peak + DDP {ddp_rule}) "
           f"x {1 + MARGIN_FRACTION:.2f} + {MARGIN_FIXED_GIB} GiB, compared with {GPU_USABLE_GIB} GiB usable")
     print(header)
     for case in default_cases(args.batch):
         if args.only not in case.name:
             continue
         for checkpointing in (False, True):
-            for optimizer, r in measure(case, checkpointing).items():
+            for optimizer, r in measure(case, checkpointing, bucket_view).items():
                 rows.append({"run": case.name, "preset": case.preset, "stage": case.stage, "batch": case.batch,
                              "accumulation": case.accumulation, "activation_checkpointing": checkpointing,
                              "optimizer": optimizer, **r})
@@ -309,8 +325,10 @@ def main() -> int:
                       f"{'yes' if r['fits_80gb'] else 'NO'}", flush=True)
     print("columns: opt st = optimiser state (8-bit: bitsandbytes layout, counted); bf16 w = autocast's bf16 weight "
           "copies; act = bytes kept for backward by one micro-batch (beyond the weight copies); peak f/b, peak st = "
-          "live-tensor peaks during forward+backward and during clip + optimiser step; +DDP adds one fp32 gradient copy "
-          "(DDP buckets, gradient_as_bucket_view=False)")
+          "live-tensor peaks during forward+backward and during clip + optimiser step; +DDP = the peak with DDP's "
+          "fp32 gradient buckets (counted): "
+          + ("they replace the gradients (run.ddp_bucket_view on)" if bucket_view else
+             "a second copy of all gradients (run.ddp_bucket_view off)"))
     if args.json:
         args.json.write_text(json.dumps({"margin_fraction": MARGIN_FRACTION, "margin_fixed_gib": MARGIN_FIXED_GIB,
                                          "gpu_usable_gib": GPU_USABLE_GIB, "rows": rows}, indent=2))

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 from model.checkpoints import load_pretrained
 from model.training.checkpointing import list_checkpoints, load_training_checkpoint
@@ -159,10 +160,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process(index_dir, tmp_path):
-    single = run_training(tiny_config(index_dir, tmp_path / "one", stage=2, steps=3, batch=4, per_device=2))
-    config = tiny_config(index_dir, tmp_path / "two", stage=2, steps=3, batch=4, per_device=1)
+def _train_two_processes(config):
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = _free_port()
@@ -172,7 +170,15 @@ def test_two_gloo_processes_match_one_process(index_dir, tmp_path):
     for p in procs:
         p.join(timeout=120)
     assert all(p.exitcode == 0 for p in procs)
-    results = dict(queue.get() for _ in range(2))
+    return dict(queue.get() for _ in range(2))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(index_dir, tmp_path):
+    single = run_training(tiny_config(index_dir, tmp_path / "one", stage=2, steps=3, batch=4, per_device=2))
+    config = tiny_config(index_dir, tmp_path / "two", stage=2, steps=3, batch=4, per_device=1)
+    assert config.run.ddp_bucket_view  # the default: gradients are views into DDP's buckets
+    results = _train_two_processes(config)
     assert results[0] == results[1]
     np.testing.assert_allclose(results[0], [r["loss"] for r in single.losses], rtol=1e-5)
     # and the weights they end with agree. Key biases are left out: softmax ignores them, so their
@@ -190,6 +196,110 @@ def test_two_gloo_processes_match_one_process(index_dir, tmp_path):
         if not torch.allclose(other, value, rtol=1e-4, atol=1e-6):
             differ.append(key)
     assert differ == []
+
+
+class _Toy(nn.Module):
+    """Parameters used always, on rank 1 only, in the first micro-batch only, in all steps but the second, never."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.always, self.rank_one, self.first_micro, self.not_step_1, self.never = (nn.Linear(4, 4) for _ in range(5))
+
+    def forward(self, x, rank, step, micro):
+        h = self.always(x)
+        if rank == 1:
+            h = h + self.rank_one(x)
+        if micro == 0:
+            h = h + self.first_micro(x)
+        if step != 1:
+            h = h + self.not_step_1(x)
+        return h.square().mean()
+
+
+TOY_NAMES = ("always", "rank_one", "first_micro", "not_step_1", "never")
+
+
+def _bucket_view_worker(rank, world, port, queue):
+    """Three optimiser steps of two micro-batches each, with and without DDP's bucket view, through the
+    loop's GradientSync; per step the gradients the optimiser sees (value, storage address and size)."""
+    from model.training.train import GradientSync
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        out = {}
+        for bucket_view in (True, False):
+            torch.manual_seed(0)
+            model = _Toy()
+            layers = [getattr(model, name) for name in TOY_NAMES]
+            params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
+            sync = GradientSync(Distributed(rank=rank, world_size=world), params, bucket_view)
+            module = sync.wrap(model)
+            optimizer = torch.optim.AdamW(params, lr=0.1, weight_decay=0.1)
+            steps = []
+            for step in range(3):
+                for micro in range(2):
+                    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(100 * step + 10 * micro + rank))
+                    with sync.micro_batch(last=micro == 1):
+                        (module(x, rank, step, micro) / 2).backward()
+                    if micro == 0:  # accumulated outside DDP's hooks (no_sync)
+                        accumulated = {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
+                sync.drop_unused()
+                grads = [p.grad for p in params[:len(TOY_NAMES)]]  # the weights' gradients
+                steps.append(([None if g is None else
+                               (g.numpy().copy(), g.untyped_storage().data_ptr(), g.untyped_storage().nbytes())
+                               for g in grads], accumulated))
+                optimizer.step()
+                sync.zero_grad(optimizer)
+            sync.close()
+            out[bucket_view] = steps, [p.detach().numpy().copy() for p in params]
+        queue.put((rank, out))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_bucket_view_gradients_are_bucket_views_and_train_identically():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_bucket_view_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:  # read before joining: a worker exits only once its result has left the pipe
+        results = dict(queue.get(timeout=120) for _ in range(2))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert all(p.exitcode == 0 for p in procs)
+    all_params_bytes = len(TOY_NAMES) * (16 + 4) * 4  # one DDP bucket holds every parameter, fp32
+    for rank in (0, 1):
+        view_steps, view_weights = results[rank][True]
+        copy_steps, copy_weights = results[rank][False]
+        for step, ((view, accumulated), (copy, _)) in enumerate(zip(view_steps, copy_steps)):
+            present = [name for name, g in zip(TOY_NAMES, view) if g is not None]
+            # a parameter no process used in the step has no gradient (AdamW skips it), as with copies
+            expected = ["always", "rank_one", "first_micro"] + (["not_step_1"] if step != 1 else [])
+            assert present == expected, (rank, step)
+            assert [g is not None for g in copy] == [g is not None for g in view], (rank, step)
+            for name, v, c in zip(TOY_NAMES, view, copy):
+                if v is not None:
+                    np.testing.assert_array_equal(v[0], c[0], err_msg=f"rank {rank} step {step} {name}")
+            # bucket view: every gradient lives in the one bucket, sized for all parameters (used or not),
+            # also while micro-batches accumulate, from the first step on (in step 2 not_step_1 comes back
+            # from None and gets a fresh tensor first); without it each gradient is a tensor of its own
+            storages = {(v[1], v[2]) for v in view if v is not None}
+            assert len(storages) == 1 and storages.pop()[1] == all_params_bytes, (rank, step)
+            if step < 2:
+                assert accumulated == {v[1] for v in view if v is not None}, (rank, step)
+            assert len({c[1] for c in copy if c is not None}) == len(present)
+        for v, c in zip(view_weights, copy_weights):
+            np.testing.assert_array_equal(v, c)
+    for a, b in zip(results[0][True][1], results[1][True][1]):
+        np.testing.assert_array_equal(a, b)
+    # the gradient of rank_one (used on rank 1 only) is averaged onto rank 0 too
+    np.testing.assert_array_equal(results[0][True][0][0][0][1][0], results[1][True][0][0][0][1][0])
 
 
 def test_drivepi0_trains_through_the_command_line(index_dir, tmp_path):

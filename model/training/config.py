@@ -117,6 +117,9 @@ class RunSection:
     log_every_steps: int = 10
     tensorboard: bool = True  # used only if the tensorboard package is installed
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    # DDP's gradient_as_bucket_view: .grad tensors are views into DDP's all-reduce buckets instead of a
+    # second copy of every gradient (saves one fp32 gradient copy per device); off: DDP's default.
+    ddp_bucket_view: bool = True
 
 
 @dataclass(frozen=True)

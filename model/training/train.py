@@ -96,9 +96,82 @@ def setup_distributed(device_choice: str) -> Distributed:
 
 
 def _all_reduce(tensor: torch.Tensor, ddp: Distributed) -> torch.Tensor:
+    """Sum over processes, in place. NCCL only reduces device tensors: a CPU tensor goes through the device."""
     if ddp.active:
-        dist.all_reduce(tensor)
+        if tensor.device != ddp.device:
+            on_device = tensor.to(ddp.device)
+            dist.all_reduce(on_device)
+            tensor.copy_(on_device)
+        else:
+            dist.all_reduce(tensor)
     return tensor
+
+
+class GradientSync:
+    """DDP's wrapper and the gradient bookkeeping of one optimiser step.
+
+    With `bucket_view` (DDP's gradient_as_bucket_view) every .grad is a view into DDP's all-reduce buckets,
+    so gradients take no memory beside the buckets. That holds only while they exist before the first step
+    and are zeroed in place (zero_grad(set_to_none=False)): a None gradient is allocated afresh by the next
+    backward, and DDP leaves it alone until the last micro-batch of the step (no_sync). Zeroed in place, a
+    parameter that no process used in a step would keep a zero gradient that AdamW still steps (momentum);
+    drop_unused sets those to None, as set_to_none=True would. Such a parameter, used again later, has a
+    tensor of its own until DDP copies it into its bucket at the end of that step. Without DDP, or with
+    `bucket_view` off, gradients are simply set to None after each step.
+    """
+
+    def __init__(self, ddp: Distributed, params: list[nn.Parameter], bucket_view: bool) -> None:
+        self.ddp = ddp
+        self.params = params
+        self.bucket_view = bucket_view and ddp.active
+        self.module: nn.parallel.DistributedDataParallel | None = None
+        self._used = bytearray(len(params))
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        if self.bucket_view:
+            self._hooks = [p.register_post_accumulate_grad_hook(functools.partial(self._mark_used, i))
+                           for i, p in enumerate(params)]
+
+    def _mark_used(self, index: int, _parameter: torch.Tensor) -> None:
+        self._used[index] = 1
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if not self.ddp.active:
+            return module
+        if self.bucket_view:
+            # DDP turns gradients that exist when it builds its buckets into views; left None, the first
+            # step would allocate them all next to the buckets (a step's peak without the bucket view).
+            # The zeros are freed as soon as DDP has copied them, before any activation exists.
+            for parameter in self.params:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+        device = self.ddp.device
+        self.module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # unrouted experts and unselected views get no gradient
+            gradient_as_bucket_view=self.bucket_view)
+        return self.module
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        """Gradients are all-reduced only on the last micro-batch of an optimiser step."""
+        return self.module.no_sync() if self.module is not None and not last else contextlib.nullcontext()
+
+    def drop_unused(self) -> None:
+        """After the last micro-batch: no gradient for parameters that no process used in this step."""
+        if not self.bucket_view:
+            return
+        used = _all_reduce(torch.tensor(list(self._used), dtype=torch.int32), self.ddp)
+        for parameter, count in zip(self.params, used.tolist()):
+            if count == 0:
+                parameter.grad = None
+        self._used[:] = bytes(len(self._used))
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=not self.bucket_view)
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
 
 # ---- model -------------------------------------------------------------------------------------------
@@ -485,13 +558,9 @@ def run_training(config: TrainConfig, resume: bool | str | Path = False, stop_af
         save_config(config, out_dir / "train_config.yaml")
         _trim_metrics(out_dir / METRICS_FILE, position.step)
 
-    forward_module: nn.Module = TrainForward(model, stage)
-    ddp_module: nn.parallel.DistributedDataParallel | None = None
-    if ddp.active:
-        ddp_module = nn.parallel.DistributedDataParallel(
-            forward_module, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None,
-            find_unused_parameters=True)  # unrouted experts and unselected views get no gradient
-        forward_module = ddp_module
+    params = action_params + vlm_params
+    sync = GradientSync(ddp, params, config.run.ddp_bucket_view)
+    forward_module = sync.wrap(TrainForward(model, stage))
     if config.model.compile:
         forward_module = torch.compile(forward_module)
 
@@ -502,7 +571,6 @@ def run_training(config: TrainConfig, resume: bool | str | Path = False, stop_af
     progress = tqdm(total=total_steps, initial=position.step, desc=f"train {mc.name} stage {stage}", unit="step",
                     disable=not ddp.is_main)
     step = position.step
-    params = action_params + vlm_params
     while step < end_step:
         epoch, first = divmod(step, plan.steps_per_epoch)
         loader = make_loader(train_set, plan.micro_batches(epoch, first), config, ddp.device)
@@ -514,9 +582,7 @@ def run_training(config: TrainConfig, resume: bool | str | Path = False, stop_af
             inputs = to_model_batch(batch, prompt, ddp.device, noise)
             gumbel = noise["gumbel"].to(ddp.device) if mc.use_camera_router and stage == 2 else None
             last_micro = micro == accumulation - 1
-            # gradients are all-reduced only on the last micro-batch of an optimiser step
-            skip_sync = ddp_module is not None and not last_micro
-            with (ddp_module.no_sync() if skip_sync else contextlib.nullcontext()), _autocast(config, ddp.device):
+            with sync.micro_batch(last_micro), _autocast(config, ddp.device):
                 out = forward_module(inputs, gumbel)
                 (out["total_loss"] / accumulation).backward()
             sums += torch.tensor([float(out[key].detach()) if key in out else 0.0 for key in
@@ -526,11 +592,12 @@ def run_training(config: TrainConfig, resume: bool | str | Path = False, stop_af
             if not last_micro:
                 continue
             micro = 0
+            sync.drop_unused()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip) if config.optim.grad_clip > 0 else None
             for name, optimizer in optimizers.items():
                 optimizer.step()
                 schedulers[name].step()
-                optimizer.zero_grad(set_to_none=True)
+                sync.zero_grad(optimizer)
             step += 1
             _all_reduce(sums, ddp)
             sums /= ddp.world_size
@@ -564,6 +631,7 @@ def run_training(config: TrainConfig, resume: bool | str | Path = False, stop_af
             if step >= end_step:
                 break
     progress.close()
+    sync.close()
     result.last_step = step
     if step >= total_steps:
         if len(val_set):

@@ -1,4 +1,4 @@
-"""The Bench2Drive leaderboard agent: a thin adapter from the leaderboard API to agent/stack.py.
+"""The Bench2Drive leaderboard agent: a thin adapter from the leaderboard API to agent/runtime/stack.py.
 
 Run by the upstream evaluator:
     python leaderboard/leaderboard/leaderboard_evaluator.py --agent <repo>/agent/drivemoe_agent.py \
@@ -19,11 +19,11 @@ from typing import Any
 import carla
 from leaderboard.autoagents import autonomous_agent
 
-from agent.config import AgentConfig, AgentConfigError, load_agent_config, parse_agent_config_argument
-from agent.metric_info import MetricInfoRecorder
-from agent.sensor_frames import leaderboard_sensors
-from agent.stack import AgentStack, route_from_plans
-from agent.routing_trace import TraceWriter
+from agent.runtime.config import AgentConfig, AgentConfigError, load_agent_config, parse_agent_config_argument
+from agent.runtime.metric_info import MetricInfoRecorder
+from agent.runtime.sensor_frames import leaderboard_sensors
+from agent.runtime.stack import AgentStack, route_from_plans
+from agent.runtime.routing_trace import TraceWriter
 
 LOGGER = logging.getLogger(__name__)
 SAVE_PATH_VARIABLE = "SAVE_PATH"

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agent.config import AgentConfig
-from agent.localization import GeoReference, world_to_gps
-from agent.metric_info import MetricInfoRecorder
-from agent.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID, prepare_sensor_frame
-from agent.stack import AgentStack
-from agent.routing_trace import TraceWriter
+from agent.runtime.config import AgentConfig
+from agent.runtime.localization import GeoReference, world_to_gps
+from agent.runtime.metric_info import MetricInfoRecorder
+from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID, prepare_sensor_frame
+from agent.runtime.stack import AgentStack
+from agent.runtime.routing_trace import TraceWriter
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES
 from model.image_preprocessing import resize_like_torchvision_pil
 

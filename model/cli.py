@@ -14,13 +14,13 @@ from model.errors import DriveMoEError as UserError  # noqa: F401  (re-exported 
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("agent.demo", "run the built-in demo: no CARLA, no GPU, no downloaded weights"),
+    "demo": ("agent.demo.command", "run the built-in demo: no CARLA, no GPU, no downloaded weights"),
     "convert": ("model.convert", "convert an authors' checkpoint into model.safetensors + config.json"),
     "predict": ("model.predict", "run the network on a fixture-format inputs.safetensors"),
     "bench": ("model.bench", "benchmark inference latency and memory per stage"),
-    "replay": ("agent.replay", "replay a recorded Bench2Drive clip through the agent stack"),
-    "debug-video": ("agent.debug_video", "render a routing trace as a debug video"),
-    "routing-report": ("agent.routing_report", "plots of camera and expert choices over routes"),
+    "replay": ("agent.debugger.replay", "replay a recorded Bench2Drive clip through the agent stack"),
+    "debug-video": ("agent.debugger.debug_video", "render a routing trace as a debug video"),
+    "routing-report": ("agent.debugger.routing_report", "plots of camera and expert choices over routes"),
     "prepare-data": ("model.training.prepare_data", "index Bench2Drive clips for training"),
     "train": ("model.training.train", "train DriveMoE / Drive-pi0"),
 }

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfigError, load_agent_config, parse_agent_config_argument
+from agent.runtime.config import AgentConfigError, load_agent_config, parse_agent_config_argument
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agent.config import ControllerConfig, CreepConfig
-from agent.controller import Controller, aim_point, desired_speed_from_waypoints
+from agent.runtime.config import ControllerConfig, CreepConfig
+from agent.runtime.controller import Controller, aim_point, desired_speed_from_waypoints
 
 
 def arc(speed: float, curvature: float, n: int = 10) -> np.ndarray:

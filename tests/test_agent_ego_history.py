@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from agent.ego_history import EgoHistoryBuffer
+from agent.runtime.ego_history import EgoHistoryBuffer
 from model.ego_state import EgoWorldRecord, ego_history_from_world_records
 
 

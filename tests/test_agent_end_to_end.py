@@ -20,8 +20,8 @@ from leaderboard.autoagents import autonomous_agent  # noqa: E402
 from leaderboard.utils.route_manipulation import RoadOption, location_to_gps  # noqa: E402
 
 from agent import drivemoe_agent  # noqa: E402
-from agent.config import AgentConfigError  # noqa: E402
-from agent.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID  # noqa: E402
+from agent.runtime.config import AgentConfigError  # noqa: E402
+from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID  # noqa: E402
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES  # noqa: E402
 
 SAMPLE_FILES = {

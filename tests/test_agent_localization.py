@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.localization import (
+from agent.runtime.localization import (
     GeoReference,
     Localizer,
     compass_to_yaw,

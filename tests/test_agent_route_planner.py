@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.route_planner import RoutePlanner
+from agent.runtime.route_planner import RoutePlanner
 
 
 def straight(n: int, spacing: float) -> np.ndarray:

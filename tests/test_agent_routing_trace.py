@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from agent.metric_info import MetricInfoRecorder
-from agent.routing_trace import TraceWriter, trace_record
+from agent.runtime.metric_info import MetricInfoRecorder
+from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.cameras import ROUTER_CANDIDATES
 from model.image_preprocessing import PreparedImage
 

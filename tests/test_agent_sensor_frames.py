@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.sensor_frames import (
+from agent.runtime.sensor_frames import (
     GNSS_ID,
     IMU_ID,
     SPEED_ID,
@@ -118,7 +118,7 @@ def test_lazy_mapping_applies_augmentation_to_served_images_only():
 def test_fast_sensor_path_equals_the_model_preprocessing_definition(drivemoe_reference):
     import cv2
 
-    from agent.sensor_frames import prepare_sensor_frame
+    from agent.runtime.sensor_frames import prepare_sensor_frame
     from model.image_preprocessing import prepare_camera_image
 
     bgr = cv2.imread(str(drivemoe_reference / "sample_frame" / "example_fl.jpg"))
@@ -133,7 +133,7 @@ def test_fast_sensor_path_equals_the_model_preprocessing_definition(drivemoe_ref
 def test_half_scale_decode_is_close_to_exact_but_not_identical(drivemoe_reference):
     import cv2
 
-    from agent.sensor_frames import prepare_sensor_frame
+    from agent.runtime.sensor_frames import prepare_sensor_frame
 
     bgr = cv2.imread(str(drivemoe_reference / "sample_frame" / "example_f.jpg"))
     frame = cv2.cvtColor(cv2.GaussianBlur(bgr, (3, 3), 0), cv2.COLOR_BGR2BGRA)

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from agent.config import agent_config_from_dict
-from agent.localization import GeoReference, world_to_gps
-from agent.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
-from agent.stack import AgentStack
-from agent.routing_trace import TraceWriter
+from agent.runtime.config import agent_config_from_dict
+from agent.runtime.localization import GeoReference, world_to_gps
+from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
+from agent.runtime.stack import AgentStack
+from agent.runtime.routing_trace import TraceWriter
 from model.cameras import FRONT, FRONT_PREVIOUS
 
 

@@ -22,10 +22,10 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 from tqdm import tqdm
 
-from agent.config import AgentConfig
-from agent.localization import GeoReference, yaw_to_compass
-from agent.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
-from agent.stack import AgentStack, route_from_plans
+from agent.runtime.config import AgentConfig
+from agent.runtime.localization import GeoReference, yaw_to_compass
+from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
+from agent.runtime.stack import AgentStack, route_from_plans
 from model.ego_state import world_to_ego
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "leaderboard_double"))
@@ -193,7 +193,7 @@ def test_all_220_routes_complete_with_small_cross_track_error(bench2drive_shared
 
 def test_one_curvy_route_in_official_preset(bench2drive_shared):
     """The official preset (0.7 s desired speed, offset history, no creep) still follows a route."""
-    from agent.config import agent_config_from_dict
+    from agent.runtime.config import agent_config_from_dict
 
     routes = load_routes(bench2drive_shared / "routes" / "bench2drive220.xml")
     curviest = max(routes, key=lambda r: float(np.abs(np.diff(np.unwrap(np.arctan2(*np.diff(smooth_path(r[1]), axis=0).T[::-1])))).sum()))

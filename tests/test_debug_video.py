@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.debug_video import (
+from agent.debugger.debug_video import (
     VideoLayout,
     front_waypoint_pixels,
     load_trace,
@@ -16,7 +16,7 @@ from agent.debug_video import (
     render_frame,
     render_trace_video,
 )
-from agent.routing_trace import TraceWriter, trace_record
+from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.cameras import ROUTER_CANDIDATES
 from model.cli import main as drivemoe_main
 from model.image_preprocessing import PreparedImage
@@ -154,7 +154,7 @@ def test_bad_traces_give_one_line_errors(tmp_path, capsys):
 
 def test_mosaic_puts_each_camera_in_its_tile():
     """The demo scene's passed car is in CAM_FRONT_RIGHT at frame 35: the video shows it in that tile only."""
-    from agent.demo_scene import DemoScene, DemoSceneConfig
+    from agent.demo.scene import DemoScene, DemoSceneConfig
 
     scene = DemoScene(DemoSceneConfig(num_frames=40))
     assert scene.camera_label(35) == "CAM_FRONT_RIGHT"
@@ -201,7 +201,7 @@ def test_png_frames_when_no_video_encoder(tmp_path, monkeypatch):
 
 
 def test_live_trace_images_are_shown_in_their_tiles(tmp_path):
-    from agent.debug_video import ImageSource
+    from agent.debugger.debug_video import ImageSource
 
     records = write_synthetic_trace(tmp_path / "trace", lines=3)
     trace = load_trace(tmp_path / "trace")

@@ -47,7 +47,7 @@ def test_demo_command_writes_every_artefact(tmp_path, capsys, restore_threads):
 
 
 def test_demo_uses_the_committed_trained_weights(tmp_path, capsys, restore_threads):
-    from agent.demo import DEMO_WEIGHTS
+    from agent.demo.command import DEMO_WEIGHTS
 
     assert (DEMO_WEIGHTS / "model.safetensors").is_file(), "weights/demo/ is part of the repository"
     size = sum((DEMO_WEIGHTS / name).stat().st_size for name in ("model.safetensors", "config.json"))

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from agent.demo_scene import LANE_WIDTH_M, DemoScene, DemoSceneConfig, write_demo_clip
-from agent.projection import project_points
+from agent.demo.scene import LANE_WIDTH_M, DemoScene, DemoSceneConfig, write_demo_clip
+from agent.debugger.projection import project_points
 from model.cameras import BENCH2DRIVE_CAMERAS, router_class_of_label
 from model.ego_state import world_to_ego
 

@@ -1,5 +1,5 @@
 """Demo weights: the scenario family labels the camera that shows the cue, seeds are split, and a
-miniature run of `python -m agent.demo_training` writes a model that the policy and the demo load."""
+miniature run of `python -m agent.demo.training` writes a model that the policy and the demo load."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.demo_scenarios import (
+from agent.demo.scenarios import (
     KINDS,
     LEFT_LANE,
     RIGHT_LANE,
@@ -91,7 +91,7 @@ def test_wait_variant_changes_lane_once_the_car_is_ahead_in_the_front_view():
 
 
 def test_showcase_seed_is_held_out_and_of_the_asked_kind():
-    from agent.demo_scenarios import HELD_OUT_SEED_BASE, showcase_seed
+    from agent.demo.scenarios import HELD_OUT_SEED_BASE, showcase_seed
 
     for kind in KINDS:
         seed = showcase_seed(kind, FAMILY)
@@ -125,8 +125,8 @@ def test_same_seed_same_scenario():
 
 @pytest.mark.timeout(300)  # four spawned worker processes (two trainings, two replays), each importing torch
 def test_miniature_training_run_gives_a_model_the_policy_and_the_demo_load(tmp_path):
-    import agent.demo as demo
-    from agent.demo_training import main
+    import agent.demo.command as demo
+    from agent.demo.training import main
     from model.policy import DrivePolicy
 
     out = tmp_path / "weights"

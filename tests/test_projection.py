@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.projection import (
+from agent.debugger.projection import (
     cam_to_ego,
     pixel_rays_ego,
     project_points,

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.demo import build_demo_policy
-from agent.demo_scene import DemoSceneConfig, write_demo_clip
-from agent.replay import ClipTick, build_route, load_camera_labels, resample_route
-from agent.replay_scoring import confusion_matrix, displacement_errors, future_waypoints
-from agent.localization import GeoReference, Localizer
+from agent.demo.command import build_demo_policy
+from agent.demo.scene import DemoSceneConfig, write_demo_clip
+from agent.debugger.replay import ClipTick, build_route, load_camera_labels, resample_route
+from agent.debugger.replay_scoring import confusion_matrix, displacement_errors, future_waypoints
+from agent.runtime.localization import GeoReference, Localizer
 from model.cameras import ROUTER_CANDIDATES, router_class_of_label
 from model.cli import main as drivemoe_main
 from model.ego_state import world_to_ego
@@ -184,7 +184,7 @@ def test_bad_labels_and_missing_clip_are_clear_errors(demo_clip, model_dir, tmp_
 def test_replay_decodes_dataset_jpegs_once(demo_clip, model_dir, tmp_path):
     """Dataset frames are already quality-20 JPEGs: the replay must feed the model exactly what the
     training pipeline makes of them (decode + resize), not a second JPEG round trip."""
-    from agent.replay import ReplayConfig, run_replay
+    from agent.debugger.replay import ReplayConfig, run_replay
     from model.cameras import FRONT
     from model.image_preprocessing import prepare_camera_image
     from model.policy import DrivePolicy

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.routing_report import build_report, scenario_type_of
-from agent.debug_video import load_trace
+from agent.debugger.routing_report import build_report, scenario_type_of
+from agent.debugger.debug_video import load_trace
 from model.cameras import ROUTER_CANDIDATES, router_class_of_label
 from model.cli import main as drivemoe_main
 from test_debug_video import write_synthetic_trace
@@ -126,7 +126,7 @@ def test_cli_and_clear_errors(run, tmp_path, capsys):
 
 
 def test_dense_model_trace_reports_no_choices(tmp_path):
-    from agent.routing_trace import TraceWriter, trace_record
+    from agent.runtime.routing_trace import TraceWriter, trace_record
     from test_debug_video import FakePrediction
 
     folder = tmp_path / CUTIN

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.projection import cam_to_ego, pixel_rays_ego, project_points, scaled_intrinsics, transform_matrix
+from agent.debugger.projection import cam_to_ego, pixel_rays_ego, project_points, scaled_intrinsics, transform_matrix
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, NULL_CAMERA_LABEL, CameraSpec
 
 ROAD_OPTION_LANEFOLLOW = 4
@@ -381,7 +381,7 @@ class DemoScene:
 
     def _route_commands(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(near, far) world command points per frame, from planners stepped along the ego's path."""
-        from agent.route_planner import RoutePlanner
+        from agent.runtime.route_planner import RoutePlanner
 
         far_planner = RoutePlanner(self.sparse_route(), *self.config.far_planner_m)
         near_planner = RoutePlanner(self.dense_route(), *self.config.near_planner_m)

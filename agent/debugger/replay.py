@@ -1,11 +1,11 @@
-"""`drivemoe replay`: run the live agent's stack (agent/stack.py) over a recorded Bench2Drive clip, no CARLA.
+"""`drivemoe replay`: run the live agent's stack (agent/runtime/stack.py) over a recorded Bench2Drive clip, no CARLA.
 
 Each 10 Hz clip frame becomes two 20 Hz ticks of the leaderboard's `input_data` layout (the second a
 copy 0.05 s later), so the stack's clock, its 10 Hz ego history (every 2nd tick) and its inference
 every 2nd tick line up with the dataset frames exactly: inference k sees frame k, the history holds
 frames k-4..k and CAM_FRONT_PREVIOUS is frame k-1, as in training. Sensor values come from the
 annotation: GNSS from (x, y) through the leaderboard's Mercator projection with CARLA's default
-geoReference (agent/localization.py inverts it), IMU from acceleration, angular_velocity and the
+geoReference (agent/runtime/localization.py inverts it), IMU from acceleration, angular_velocity and the
 compass-style `theta`, speed from `speed`; cameras are read from the clip only when the policy asks
 (BGR frames; the stack's JPEG round trip at the agent's quality runs as live).
 
@@ -16,7 +16,7 @@ this clip. `trajectory` is the clip's ego path resampled every 50 m (the leaderb
 spacing) plus the last far command; clips without far commands always use it.
 
 Outputs in OUT_DIR: the routing trace (trace.jsonl, trace_header.json with the clip path and the
-scenario type), `scores.json` when ground truth exists (agent/replay_scoring.py) and, if given, a
+scenario type), `scores.json` when ground truth exists (agent/debugger/replay_scoring.py) and, if given, a
 copy of the camera labels as camera_labels.json (read by `drivemoe routing-report`).
 """
 from __future__ import annotations
@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import AgentConfig, agent_config_from_dict
-from agent.localization import GeoReference, world_to_gps
-from agent.replay_scoring import FramePrediction, score_replay
-from agent.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
-from agent.stack import AgentStack
-from agent.routing_trace import TraceWriter
+from agent.runtime.config import AgentConfig, agent_config_from_dict
+from agent.runtime.localization import GeoReference, world_to_gps
+from agent.debugger.replay_scoring import FramePrediction, score_replay
+from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
+from agent.runtime.stack import AgentStack
+from agent.runtime.routing_trace import TraceWriter
 from bench2drive_eval.jsonio import read_json, write_json_atomic
 from model.cameras import BENCH2DRIVE_CAMERAS, router_class_of_label
 from model.dataset.b2d_clip import B2DClip, ClipError

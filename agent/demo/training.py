@@ -1,9 +1,9 @@
-"""Train the demo weights: `python -m agent.demo_training --out weights/demo` (minutes on a CPU).
+"""Train the demo weights: `python -m agent.demo.training --out weights/demo` (minutes on a CPU).
 
-Pipeline: render seeded procedural scenario clips (agent/demo_scenarios.py; training seeds and
+Pipeline: render seeded procedural scenario clips (agent/demo/scenarios.py; training seeds and
 disjoint held-out seeds) -> `drivemoe prepare-data`'s index -> `drivemoe train`'s loop for DriveMoE
 stage 1 (ground-truth camera), stage 2 (learned camera, all views) and a Drive-pi0 with the same
-backbone -> replay every held-out clip through the agent stack with each model (agent/replay.py)
+backbone -> replay every held-out clip through the agent stack with each model (agent/debugger/replay.py)
 and pool ADE/FDE, camera- and skill-router accuracy -> write the DriveMoE model (safetensors +
 config.json) and RESULTS.md with the measured table into the output folder.
 """
@@ -25,10 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from model.errors import DriveMoEError
-from agent.demo_scenarios import KINDS, ScenarioFamilyConfig, held_out_seeds, sample_scenario, training_seeds, write_scenario_clip
+from agent.demo.scenarios import KINDS, ScenarioFamilyConfig, held_out_seeds, sample_scenario, training_seeds, write_scenario_clip
 
-PROMPT_IDS = [2, 17, 33, 108]  # the tiny presets' fake vocabulary (same ids as agent/demo.py)
-COMMAND = "python -m agent.demo_training --out weights/demo"
+PROMPT_IDS = [2, 17, 33, 108]  # the tiny presets' fake vocabulary (same ids as agent/demo/command.py)
+COMMAND = "python -m agent.demo.training --out weights/demo"
 # Both router focal losses get this weight in both stages (the authors: 10 in stage 1, 5 in stage 2). In the
 # tiny model the routers share a 32-wide action stream and a small SigLIP with the flow-matching head, and
 # at 10 the router gradients crowd out the flow loss (validation flow loss 0.067 vs Drive-pi0's 0.045 in a
@@ -160,7 +160,7 @@ def initial_model(preset: str, index_dir: Path, out_dir: Path, seed: int) -> Pat
     )
     torch.manual_seed(seed)
     return save_pretrained(DriveMoE(config), config, out_dir, dtype=torch.float32,
-                           extra={"demo": f"random initialisation of {preset} for agent.demo_training"})
+                           extra={"demo": f"random initialisation of {preset} for agent.demo.training"})
 
 
 def _train_drivemoe(job: tuple[Path, Path, DemoTrainingConfig]) -> tuple[Path, Path]:
@@ -239,7 +239,7 @@ class ClipScores:
 
 
 def _replay_clip(job: tuple[Path, str, Path, str, str, Path]) -> ClipScores:
-    from agent.replay import ReplayConfig, run_replay
+    from agent.debugger.replay import ReplayConfig, run_replay
 
     model_dir, name, root, clip, group, out_dir = job
     policy = _cached_policy(model_dir)
@@ -339,7 +339,7 @@ def results_markdown(scores: list[ModelScores], per_group: dict[str, list[ModelS
         f"{train_report['train_windows']} training windows); DriveMoE stage 1 {config.stage1_steps} steps, "
         f"stage 2 {config.stage2_steps} steps, Drive-pi0 {config.drivepi0_steps} steps, batch {config.batch_size}.",
         f"Evaluation: {len(held_out)} held-out clips (seeds from {held_out_seeds(1)[0]}, never trained on), replayed "
-        "through the agent stack (agent/replay.py); errors pooled over all scored frames.",
+        "through the agent stack (agent/debugger/replay.py); errors pooled over all scored frames.",
         "",
         "| model | parameters | ADE (m) | FDE (m) | camera-router accuracy | skill-router accuracy | scored frames |",
         "|---|---|---|---|---|---|---|",
@@ -394,7 +394,7 @@ def _run(out_dir: Path, work: Path, config: DemoTrainingConfig) -> list[ModelSco
     out_dir.mkdir(parents=True, exist_ok=True)
     model, model_config = load_pretrained(models["drivemoe"], dtype=torch.float32)
     save_pretrained(model, model_config, out_dir, dtype=torch.float32,
-                    extra={"demo": f"trained by `{COMMAND}` on procedural scenarios (agent/demo_scenarios.py)",
+                    extra={"demo": f"trained by `{COMMAND}` on procedural scenarios (agent/demo/scenarios.py)",
                            "held_out_scores": {s.name: dataclasses.asdict(s) for s in scores}})
     seconds = time.perf_counter() - started
     (out_dir / "RESULTS.md").write_text(results_markdown(scores, per_group, config, report, seconds, groups), encoding="utf-8")
@@ -408,7 +408,7 @@ def _run(out_dir: Path, work: Path, config: DemoTrainingConfig) -> list[ModelSco
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.demo_training", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agent.demo.training", description=__doc__.splitlines()[0])
     defaults = DemoTrainingConfig()
     parser.add_argument("--out", type=Path, default=Path("weights/demo"), help="model folder to write (default weights/demo)")
     parser.add_argument("--work", type=Path, default=Path("runs/demo_training"), help="scratch folder (clips, index, runs)")

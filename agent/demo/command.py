@@ -1,11 +1,11 @@
 """`drivemoe demo`: the whole routing-debug pipeline on a built-in scene; no CARLA, no GPU, no download.
 
-Steps: render a held-out clip of the demo scenario family (agent/demo_scenarios.py; by default a lane
+Steps: render a held-out clip of the demo scenario family (agent/demo/scenarios.py; by default a lane
 change that must wait for a car seen only by the back-side camera) in the Bench2Drive layout with its camera
 labels, build a model (trained demo weights from weights/demo/ when that folder holds a converted
 model, else the tiny-drivemoe preset with seeded random weights, saved to OUT/model so that
 `drivemoe replay --model OUT/model` works on it too), replay the clip through the agent stack
-(agent/replay.py), then render the debug video and the routing report. Prints where everything is
+(agent/debugger/replay.py), then render the debug video and the routing report. Prints where everything is
 and whether the model is trained.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.demo_scenarios import KINDS, ScenarioFamilyConfig, sample_scenario, showcase_seed, write_scenario_clip
+from agent.demo.scenarios import KINDS, ScenarioFamilyConfig, sample_scenario, showcase_seed, write_scenario_clip
 
-DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "demo"
+DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "demo"
 TINY_PRESET = "tiny-drivemoe"
 # The tiny preset's vocabulary is fake (192 ids; see the reference README, section 3): these are
 # the reference fixtures' prompt ids, as no tokenizer exists for it.
@@ -28,7 +28,7 @@ TINY_PROMPT_IDS = (2, 17, 33, 108)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    kind: str = "lane_change"  # scenario kind of agent/demo_scenarios.py
+    kind: str = "lane_change"  # scenario kind of agent/demo/scenarios.py
     seed: int | None = None  # None: the kind's showcase seed (held out from the demo weights' training)
     frames: int = 60  # clip length at 10 Hz; the demo weights were trained on 60-frame clips
     image_size: tuple[int, int] = (400, 225)  # rendered camera images (the model sees 32 x 32)
@@ -73,9 +73,9 @@ def build_demo_policy(out_dir: Path, seed: int, weights: Path | None = DEMO_WEIG
 def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResult:
     import torch
 
-    from agent.debug_video import render_trace_video
-    from agent.replay import ReplayConfig, run_replay
-    from agent.routing_report import build_report
+    from agent.debugger.debug_video import render_trace_video
+    from agent.debugger.replay import ReplayConfig, run_replay
+    from agent.debugger.routing_report import build_report
 
     started = time.perf_counter()
     torch.set_num_threads(config.torch_threads)
@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.replay import format_scores
+    from agent.debugger.replay import format_scores
 
     if args.frames < 15:
         raise ValueError(f"--frames must be >= 15 (a scored frame needs ten future frames and the ego history), got {args.frames}")

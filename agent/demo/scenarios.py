@@ -2,7 +2,7 @@
 goal, and in one kind what that camera shows decides the manoeuvre (training and held-out clips for the
 demo weights).
 
-Every scenario reuses the built-in scene's road, renderer and annotation writer (agent/demo_scene.py)
+Every scenario reuses the built-in scene's road, renderer and annotation writer (agent/demo/scene.py)
 and changes only the motion of the ego and of one other car (the cue). The kinds, each mapped to a
 skill by model/skills.py through its Bench2Drive scenario type (the clip name's first part):
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from model.cameras import NULL_CAMERA_LABEL
-from agent.demo_scene import (
+from agent.demo.scene import (
     CAR_EXTENT,
     LANE_WIDTH_M,
     Box,

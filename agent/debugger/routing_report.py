@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.debug_video import TRACE_FILE, Trace, TraceError, load_trace
+from agent.debugger.debug_video import TRACE_FILE, Trace, TraceError, load_trace
 from bench2drive_eval.jsonio import write_json_atomic
 from model.cameras import ROUTER_CANDIDATES, router_class_of_label
 

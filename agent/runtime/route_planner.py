@@ -1,7 +1,7 @@
 """Route planner: the far target point (world frame) the model is conditioned on.
 
 The route is a polyline of world points (the leaderboard's plan, converted from GPS by
-agent/localization.py). Each step, the points passed so far are dropped: among the points that
+agent/runtime/localization.py). Each step, the points passed so far are dropped: among the points that
 lie within `max_distance` of route length from the current head, the one that is within
 `min_distance` of the car and farthest from it (the TransFuser/TCP rule the authors use with
 7.5 m / 25 m) becomes the new head. The target is the point after the head. Two points are always

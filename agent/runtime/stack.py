@@ -9,7 +9,7 @@ Usage (the leaderboard adapter agent/drivemoe_agent.py and the offline replay bo
         send(out.control)                                     # ControlCommand: steer/throttle/brake
 
 `frame_data` uses the leaderboard's `input_data` layout: sensor id -> (frame, data) with the ids of
-agent/sensor_frames.py: cameras "CAM_*" as uint8 [H, W, 4] BGRA (or [H, W, 3] BGR), "GPS" [lat, lon,
+agent/runtime/sensor_frames.py: cameras "CAM_*" as uint8 [H, W, 4] BGRA (or [H, W, 3] BGR), "GPS" [lat, lon,
 alt], "IMU" [ax, ay, az, gx, gy, gz, compass], "SPEED" {"speed": m/s}. Missing cameras are only an
 error if the policy asks for them; missing GNSS / NaN compass are held over (see localization.py).
 `route_xy` is the plan in CARLA world metres ([N, 2]); `reference` the GNSS geoReference
@@ -31,13 +31,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.config import AgentConfig
-from agent.controller import BRAKE, ControlCommand, Controller
-from agent.ego_history import EgoHistoryBuffer
-from agent.localization import GeoReference, Localizer, gps_to_world, solve_reference
-from agent.route_planner import RoutePlanner
-from agent.sensor_frames import LazyCameraImages, TestTimeAugmentation, read_measurements
-from agent.routing_trace import TraceWriter, trace_record
+from agent.runtime.config import AgentConfig
+from agent.runtime.controller import BRAKE, ControlCommand, Controller
+from agent.runtime.ego_history import EgoHistoryBuffer
+from agent.runtime.localization import GeoReference, Localizer, gps_to_world, solve_reference
+from agent.runtime.route_planner import RoutePlanner
+from agent.runtime.sensor_frames import LazyCameraImages, TestTimeAugmentation, read_measurements
+from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.cameras import FRONT
 from model.ego_state import EgoWorldRecord, world_to_ego
 from model.image_preprocessing import PreparedImage

@@ -2,7 +2,7 @@
 
 Each video frame shows the six cameras as a mosaic (the camera router's choice outlined, every
 candidate's probability printed), the predicted waypoints projected into the front camera with the
-real Bench2Drive camera model (agent/projection.py), a bird's-eye inset with the waypoints and the
+real Bench2Drive camera model (agent/debugger/projection.py), a bird's-eye inset with the waypoints and the
 target point, the action router's expert weights (final denoising step as bars, all steps as a
 heat map), and speed, controls and latency. Images come from the trace's saved `images` or, for a
 replay, from the clip (`--clip`, or the `clip` path the replay writes into the trace header).
@@ -21,8 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.projection import project_points
-from agent.routing_trace import HEADER_FILE, TRACE_FILE
+from agent.debugger.projection import project_points
+from agent.runtime.routing_trace import HEADER_FILE, TRACE_FILE
 from model.cameras import CAMERAS_BY_NAME, FRONT, ROUTER_CANDIDATES
 
 REQUIRED_KEYS = ("frame", "waypoints")

@@ -50,7 +50,7 @@ class CreepConfig:
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Waypoints -> steer/throttle/brake (see agent/controller.py). Speeds in m/s, distances in metres."""
+    """Waypoints -> steer/throttle/brake (see agent/runtime/controller.py). Speeds in m/s, distances in metres."""
 
     speed_pid: PIDGains = PIDGains(5.0, 0.5, 1.0, 20)
     turn_pid: PIDGains = PIDGains(1.25, 0.75, 0.3, 20)

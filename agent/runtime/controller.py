@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.config import ControllerConfig, PIDGains
+from agent.runtime.config import ControllerConfig, PIDGains
 
 WAYPOINT_DT = 0.1  # seconds between predicted waypoints (10 Hz)
 _EPS = 1e-6  # timers accumulate float steps; compare with a tolerance

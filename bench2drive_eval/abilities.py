@@ -51,7 +51,11 @@ JunctionLookup = Callable[[Route], "tuple[int, int] | None"]
 
 
 class JunctionUnavailable(RuntimeError):
-    """The junction check cannot run (no carla client, no maps); Traffic_Signs is then not computable."""
+    """The junction check cannot run (no carla client, CARLA's planner or maps); Traffic_Signs is then not computable."""
+
+
+class RouteTraceError(RuntimeError):
+    """CARLA's planner failed on one route: that route gets no junction credit (upstream stops there)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,9 @@ def compute_abilities(
             found = junction_lookup(route)  # type: ignore[misc]
         except JunctionUnavailable as error:
             traffic_sign_problem = str(error)
+            continue
+        except RouteTraceError as error:
+            notes.append(f"route {route.route_id}: {error}; no junction credit (upstream stops here)")
             continue
         if found is None:
             # Upstream raises here and stops; we give no partial credit and say so.

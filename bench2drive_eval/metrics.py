@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+from bench2drive_eval.cli import EvalError
 from bench2drive_eval.abilities import AbilityResults, JunctionLookup, compute_abilities, canonical_scenario_type
 from bench2drive_eval.results import MergedResults, RouteRecord
 from bench2drive_eval.routes import Route, load_routes
@@ -66,7 +67,7 @@ class Metrics:
     driving_score: float  # 0-100
     success_rate: float  # 0-100
     route_completion: float  # mean score_route over total_routes, 0-100
-    infraction_penalty: float  # mean score_penalty over evaluated routes
+    infraction_penalty: float  # sum of score_penalty / total_routes, as the leaderboard (missing route = 0)
     efficiency: float | None  # mean ego/traffic speed %, None when no min-speed messages
     efficiency_routes: int
     smoothness: float | None  # 0-100, None without --save-path
@@ -85,6 +86,7 @@ class Metrics:
     sources: tuple[str, ...]
     errors: tuple[str, ...]
     notes: tuple[str, ...]
+    infraction_penalty_evaluated: float | None = None  # mean score_penalty over evaluated routes only
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -154,8 +156,23 @@ def _group_rows(records: Sequence[RouteRecord], keys: Mapping[str, str], counts:
     return tuple(rows)
 
 
-def _routes_from_records(records: Sequence[RouteRecord]) -> list[Route]:
-    return [Route(r.route_id, r.town, (r.scenario_type,), ()) for r in records if r.repetition == 0]
+def ability_records(records: Sequence[RouteRecord]) -> dict[str, RouteRecord]:
+    """Per route id, the record Bench2Drive's ability tool reads.
+
+    Its get_route_result takes the first record of the merged file whose id matches, and merge_route_json
+    sorts that file by the route_id string, descending: the largest 'RouteScenario_<id>_rep<n>' string wins
+    (the highest repetition; compared as text, so rep9 comes before rep10).
+    """
+    chosen: dict[str, RouteRecord] = {}
+    for record in records:
+        current = chosen.get(record.route_id)
+        if current is None or record.route_key > current.route_key:
+            chosen[record.route_id] = record
+    return chosen
+
+
+def _routes_from_records(records: Mapping[str, RouteRecord]) -> list[Route]:
+    return [Route(r.route_id, r.town, (r.scenario_type,), ()) for r in records.values()]
 
 
 def compute_metrics(
@@ -165,12 +182,14 @@ def compute_metrics(
     carla_root: str | os.PathLike | None = None,
     save_path: str | os.PathLike | None = None,
     junction_lookup: JunctionLookup | None = None,
+    route_set_source: str = "",
 ) -> Metrics:
     """Score merged results like Bench2Drive's tools (merge_route_json, ability_benchmark, efficiency_smoothness).
 
     `routes` (a route XML path or parsed routes) fixes the route set: routes without a record count 0 and
     are listed as missing; records of other routes are left out (and noted). Without it the denominator is
     220, as upstream. `carla_root` enables the Traffic_Signs junction check; `save_path` the comfort metric.
+    `route_set_source` says in the notes where `routes` came from when it is not a user's --routes.
     """
     if benchmark not in ("v0.0.3", "v0.0.4"):
         raise ValueError(f"--benchmark must be v0.0.3 or v0.0.4, got {benchmark!r}")
@@ -178,6 +197,8 @@ def compute_metrics(
     errors: list[str] = list(merged.errors)
     route_map = load_routes(routes) if isinstance(routes, (str, os.PathLike)) else routes
     records = list(merged.records)
+    if route_set_source:
+        notes.append(f"route set: {route_set_source}")
     if route_map is not None:
         outside = [r for r in records if r.route_id not in route_map]
         if outside:
@@ -192,21 +213,27 @@ def compute_metrics(
         total = max(BENCHMARK_ROUTE_COUNT, len(records))
         if len(records) > BENCHMARK_ROUTE_COUNT:
             notes.append(f"{len(records)} routes evaluated: dividing by {len(records)} instead of upstream's 220")
-        route_list = _routes_from_records(records)
+        route_list = _routes_from_records(ability_records(records))
         notes.append("no route file: scenario types and towns taken from the records; "
                      "missing routes cannot be listed (give --routes)")
+    if total == 0:
+        raise EvalError("the route set is empty: there is nothing to score")
     if len(records) < total:
         notes.append(f"{total - len(records)} of {total} routes have no result: they count 0 in DS and SR")
 
-    first_rep = {r.route_id: r for r in records if r.repetition == 0}
-    repetitions = {r.repetition for r in records}
-    if repetitions - {0}:
-        notes.append("several repetitions present: DS/SR use every record; abilities use repetition 0, as upstream")
+    by_route = ability_records(records)
+    if {r.repetition for r in records} - {0}:
+        notes.append("several repetitions present: DS, SR, route completion and penalty sum every record over "
+                     f"the {total} routes (as upstream's merge tool); abilities use per route the record upstream's "
+                     "merged file lists first (route_id sorted descending as text: the highest repetition)")
 
     driving_score = sum(r.score_composed for r in records) / total
     success_rate = 100.0 * sum(r.success for r in records) / total
     route_completion = sum(r.score_route for r in records) / total
-    penalty = sum(r.score_penalty for r in records) / len(records) if records else 0.0
+    # The leaderboard's global record divides each mean by its total route count: a route without a
+    # record adds 0 to the penalty too.
+    penalty = sum(r.score_penalty for r in records) / total
+    penalty_evaluated = sum(r.score_penalty for r in records) / len(records) if records else None
 
     efficiencies: dict[str, float] = {}
     for record in records:
@@ -234,7 +261,7 @@ def compute_metrics(
         from bench2drive_eval.junctions import JunctionChecker
 
         lookup = JunctionChecker(carla_root)
-    ability_results: AbilityResults = compute_abilities(route_list, first_rep, benchmark, lookup)
+    ability_results: AbilityResults = compute_abilities(route_list, by_route, benchmark, lookup)
     notes.extend(ability_results.notes)
     for score in ability_results.scores:
         if score.note:
@@ -266,7 +293,7 @@ def compute_metrics(
         )
         for r in records
     )
-    missing = tuple(rid for rid in (route_map or {}) if rid not in first_rep)
+    missing = tuple(rid for rid in (route_map or {}) if rid not in by_route)
     return Metrics(
         benchmark=benchmark,
         total_routes=total,
@@ -294,6 +321,7 @@ def compute_metrics(
         sources=merged.sources,
         errors=tuple(errors),
         notes=tuple(notes),
+        infraction_penalty_evaluated=penalty_evaluated,
     )
 
 
@@ -325,6 +353,8 @@ def format_metrics(metrics: Metrics) -> str:
         f"Driving Score        {m.driving_score:.2f}",
         f"Success Rate (%)     {m.success_rate:.2f}",
         f"Route completion     {m.route_completion:.2f}",
+        f"Infraction penalty   {m.infraction_penalty:.4f}  (sum over the {m.total_routes} routes, as the leaderboard; "
+        f"mean over the {m.evaluated_routes} evaluated: {_fmt(m.infraction_penalty_evaluated, 4)})",
         f"Efficiency           {_fmt(m.efficiency)}  ({m.efficiency_routes} routes with min-speed checks)",
         f"Comfort/Smoothness   {_fmt(m.smoothness)}"
         + ("  (needs --save-path)" if m.smoothness is None else f"  ({m.smoothness_routes} routes)"),

@@ -4,19 +4,21 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from bench2drive_eval.jsonio import write_json_atomic
+from bench2drive_eval.jsonio import dumps_strict, write_texts_atomic
 from bench2drive_eval.metrics import Metrics, compute_metrics, format_metrics
 from bench2drive_eval.results import MergedResults, load_run, record_to_json
+from bench2drive_eval.routes import Route, run_folder_routes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder(s) and/or result JSON file(s)")
     parser.add_argument("--routes", help="route XML (e.g. leaderboard/data/bench2drive220.xml): fixes the route "
-                                         "set, lists missing routes, gives scenario types and towns")
+                                         "set, lists missing routes, gives scenario types and towns (default: "
+                                         "a run folder's own routes; else 220 as upstream)")
     parser.add_argument("--save-path", help="folder of per-route outputs with <save_name>/metric_info.json "
                                             "(enables Comfort/Smoothness)")
     parser.add_argument("--benchmark", choices=("v0.0.3", "v0.0.4"), default="v0.0.3",
@@ -64,25 +66,46 @@ def merged_json(merged: MergedResults, metrics: Metrics) -> dict:
 
 
 def write_outputs(out: str | Path, merged: MergedResults, metrics: Metrics) -> list[Path]:
-    """Write metrics.json, metrics.txt, per_route.csv, merged.json atomically into `out`."""
+    """Write metrics.json, metrics.txt, per_route.csv, merged.json into `out`, all or nothing.
+
+    A read-only or full location (or a number that is not finite) raises FileWriteError naming the file
+    and the reason; no file in `out` is then changed.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "metrics.json", metrics.to_dict())
-    write_json_atomic(out / "merged.json", merged_json(merged, metrics), indent=4)
-    for name, text in (("metrics.txt", format_metrics(metrics) + "\n"), ("per_route.csv", per_route_csv(metrics))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
-    return [out / n for n in ("metrics.json", "metrics.txt", "per_route.csv", "merged.json")]
+    files = {
+        out / "metrics.json": dumps_strict(metrics.to_dict(), out / "metrics.json"),
+        out / "metrics.txt": format_metrics(metrics) + "\n",
+        out / "per_route.csv": per_route_csv(metrics),
+        out / "merged.json": dumps_strict(merged_json(merged, metrics), out / "merged.json", indent=4),
+    }
+    write_texts_atomic(files)
+    return list(files)
+
+
+def routes_of_run_folders(paths: Sequence[str | Path]) -> tuple[dict[str, Route], str] | None:
+    """Without --routes: the union of the route sets the given run folders ran, None when none is one."""
+    found = [routes for routes in (run_folder_routes(p) for p in paths if Path(p).is_dir()) if routes is not None]
+    if not found:
+        return None
+    union: dict[str, Route] = {}
+    for routes, _ in found:
+        union.update(routes)
+    return union, "; ".join(where for _, where in found)
 
 
 def main(args: argparse.Namespace) -> int:
     _check_arguments(args)
     merged = load_run(args.paths)
-    metrics = compute_metrics(merged, routes=args.routes, benchmark=args.benchmark,
-                              carla_root=args.carla_root, save_path=args.save_path)
+    routes: str | dict[str, Route] | None = args.routes
+    route_set_source = ""
+    if routes is None:
+        own = routes_of_run_folders(args.paths)
+        if own is not None:
+            routes, route_set_source = own
+    metrics = compute_metrics(merged, routes=routes, benchmark=args.benchmark, carla_root=args.carla_root,
+                              save_path=args.save_path, route_set_source=route_set_source)
     if args.json:
-        print(json.dumps(metrics.to_dict(), indent=2))
+        print(dumps_strict(metrics.to_dict(), "stdout"))
     else:
         print(format_metrics(metrics))
     if args.out:

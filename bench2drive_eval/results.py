@@ -1,6 +1,7 @@
 """Load Bench2Drive result JSONs (split checkpoints or merged files), validate them and merge by route id."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -94,10 +95,39 @@ class RecordError(ValueError):
     """A record in a result file lacks a field or has a wrong type; the message names file and record."""
 
 
-def _number(value: Any, where: str) -> float:
+# What the leaderboard's statistics manager can write: route completion in %, the penalty a product of
+# factors in [0, 1], the composed score max(route x penalty, 0). Anything else is a corrupt record.
+SCORE_RANGES: dict[str, tuple[float, float]] = {
+    "score_route": (0.0, 100.0),
+    "score_penalty": (0.0, 1.0),
+    "score_composed": (0.0, 100.0),
+}
+# score_composed is written rounded to 6 digits from a score_route rounded by the leaderboard; the
+# published files agree with score_route x score_penalty to 5e-5.
+COMPOSED_TOLERANCE = 0.01
+
+
+def _number(value: Any, where: str, low: float | None = None, high: float | None = None) -> float:
+    """A finite number (within [low, high] where given); RecordError naming the field and value otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(f"{where} must be a number, got {value!r}")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise RecordError(f"{where} is {number!r}: it must be a finite number")
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise RecordError(f"{where} is {value!r}, outside {bounds}")
+    return number
+
+
+def _scores(scores: dict, where: str) -> dict[str, float]:
+    values = {name: _number(scores.get(name), f"{where}: scores.{name}", low, high)
+              for name, (low, high) in SCORE_RANGES.items()}
+    expected = values["score_route"] * values["score_penalty"]
+    if abs(values["score_composed"] - expected) > COMPOSED_TOLERANCE:
+        raise RecordError(f"{where}: scores.score_composed is {values['score_composed']!r}, but score_route x "
+                          f"score_penalty is {expected:.6g}: the record is inconsistent")
+    return values
 
 
 def parse_record(raw: Any, source: str, position: int) -> RouteRecord:
@@ -125,6 +155,7 @@ def parse_record(raw: Any, source: str, position: int) -> RouteRecord:
     if not isinstance(scores, dict):
         raise RecordError(f"{where}: scores must be an object, got {scores!r}")
     meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
+    values = _scores(scores, where)
     return RouteRecord(
         route_key=key,
         route_id=match.group("id"),
@@ -133,10 +164,10 @@ def parse_record(raw: Any, source: str, position: int) -> RouteRecord:
         town=str(raw.get("town_name", "")),
         status=status,
         infractions=infractions,
-        score_route=_number(scores.get("score_route"), f"{where}: scores.score_route"),
-        score_penalty=_number(scores.get("score_penalty"), f"{where}: scores.score_penalty"),
-        score_composed=_number(scores.get("score_composed"), f"{where}: scores.score_composed"),
-        route_length=_number(meta.get("route_length", 0.0), f"{where}: meta.route_length"),
+        score_route=values["score_route"],
+        score_penalty=values["score_penalty"],
+        score_composed=values["score_composed"],
+        route_length=_number(meta.get("route_length", 0.0), f"{where}: meta.route_length", low=0.0),
         duration_game=_number(meta.get("duration_game", 0.0), f"{where}: meta.duration_game"),
         duration_system=_number(meta.get("duration_system", 0.0), f"{where}: meta.duration_system"),
         save_name=str(raw.get("save_name", "")),

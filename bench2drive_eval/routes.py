@@ -73,3 +73,41 @@ def load_routes(path: str | os.PathLike) -> dict[str, Route]:
     if not routes:
         raise RouteFileError(f"{path}: no <route> elements")
     return routes
+
+
+def run_folder_routes(run_dir: str | os.PathLike) -> tuple[dict[str, Route], str] | None:
+    """The routes a `bench2drive-eval run` folder ran, with where they were read; None for any other path.
+
+    run_state.json lists the route ids of every job; their definitions come from the job route files the
+    evaluator ran (splits/, also looked for there when the folder was moved), else from the run's route file.
+    """
+    from bench2drive_eval.run_state import RunLayout, load_run_state  # run_state -> splitting -> routes
+
+    layout = RunLayout(Path(run_dir))
+    if not layout.state_file.is_file():
+        return None
+    run = load_run_state(layout)
+    wanted = [rid for job in run.jobs for rid in job.route_ids]
+    if not wanted:
+        raise RouteFileError(f"{layout.state_file}: the run lists no route")
+    found: dict[str, Route] = {}
+    sources: list[str] = []
+    for job in run.jobs:
+        for candidate in (job.routes_xml, layout.splits / job.routes_xml.name):
+            if candidate.is_file():
+                found.update({rid: r for rid, r in load_routes(candidate).items() if rid in job.route_ids})
+                sources.append(str(candidate))
+                break
+    missing = [rid for rid in wanted if rid not in found]
+    if missing and run.config.routes_file.is_file():
+        found.update({rid: r for rid, r in load_routes(run.config.routes_file).items() if rid in missing})
+        sources.append(str(run.config.routes_file))
+        missing = [rid for rid in wanted if rid not in found]
+    if missing:
+        raise RouteFileError(
+            f"{layout.state_file}: {len(missing)} of the run's {len(wanted)} routes ({', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}) are in none of its route files "
+            f"({layout.splits}, {run.config.routes_file}): give --routes"
+        )
+    where = sources[0] if len(sources) == 1 else f"{len(sources)} route files of the run"
+    return {rid: found[rid] for rid in wanted}, f"the {len(wanted)} routes of run {layout.root} (from {where})"

@@ -147,7 +147,7 @@ def prepare_resume(data: dict[str, Any] | None, n_routes: int, resume_at: int) -
 
 
 def write_checkpoint(path: Path, data: dict[str, Any]) -> None:
-    write_json_atomic(path, data, indent=4)
+    write_json_atomic(path, data, indent=4, allow_nan=True)  # the evaluator's data, kept as it wrote it
 
 
 # ---- the job driver -------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ class JobDriver:
         self._checkpoint_mtime = mtime
         self.records = records_of(data)
         if data and self.records:
-            write_json_atomic(self.layout.checkpoint_backup(self.job), data, indent=None)
+            write_json_atomic(self.layout.checkpoint_backup(self.job), data, indent=None, allow_nan=True)
 
     # -- lifecycle --
 
@@ -322,7 +322,7 @@ class JobDriver:
             prepared = prepare_resume(data, self.n_routes, position)
             if prepared != data:
                 write_checkpoint(self.checkpoint_path, prepared)
-            write_json_atomic(self.layout.checkpoint_backup(self.job), prepared, indent=None)
+            write_json_atomic(self.layout.checkpoint_backup(self.job), prepared, indent=None, allow_nan=True)
             data = prepared
         self.records = records_of(data)
         rejected = [r for r in self.records if SENSORS_REJECTED in str(r.get("status", ""))]

@@ -116,83 +116,117 @@ def test_junction_threshold_is_strict():
     assert not junction_passes(make_record("1", "Failed", 90.0, stop_infraction=["x"]), count, length)
 
 
-def test_first_junction_on_a_written_opendrive_map(tmp_path):
+# A stand-in for CARLA's planner with its interface, trace_route(origin, destination) -> [(waypoint, option)]:
+# a straight walk along the lane every `resolution` metres (enough on the one-lane test map), and an error
+# for a destination behind the origin, as the real one raises networkx's NetworkXNoPath.
+STAND_IN_PLANNER = textwrap.dedent("""\
+    class NetworkXNoPath(Exception):
+        pass
+
+    class GlobalRoutePlanner:
+        built = 0
+
+        def __init__(self, wmap, sampling_resolution):
+            self._map, self._res = wmap, sampling_resolution
+            GlobalRoutePlanner.built += 1
+
+        def trace_route(self, origin, destination):
+            if destination.x < origin.x:
+                raise NetworkXNoPath("no path")
+            wp = self._map.get_waypoint(origin)
+            route = [(wp, 4)]
+            while wp.transform.location.distance(destination) > self._res:
+                wp = wp.next(self._res)[0]
+                route.append((wp, 4))
+            return route
+""")
+
+
+@pytest.fixture
+def carla_root_with_planner(tmp_path, monkeypatch):
+    """A CARLA_ROOT with the test map and PythonAPI/carla/agents/navigation/global_route_planner.py."""
     pytest.importorskip("carla")
-    from bench2drive_eval.junctions import JunctionChecker, LaneGraphTracer, find_xodr, first_junction_count, load_map
-
-    write_test_map(tmp_path)
-    checker = JunctionChecker(tmp_path, use_upstream_planner=False)
-    # From x=5 to x=180 on lane -1: waypoints x=5..99 are road 1 (95 of them), x=100 is the first one on the
-    # junction connector, so it is the 96th; the route has 95 + 20 (connector) + 61 (x=120..180) = 176.
-    route = Route("1", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (180.0, 1.75, 0.0)))
-    assert checker(route) == (96, 176)
-    # With an intermediate keypoint at x=60, upstream's concatenation of the two traces repeats x=60 once.
-    route = Route("2", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (60.0, 1.75, 0.0), (180.0, 1.75, 0.0)))
-    assert checker(route) == (97, 177)
-    # A route that never reaches the junction has none.
-    assert checker(Route("3", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (50.0, 1.75, 0.0)))) is None
-    tracer = LaneGraphTracer(load_map("TestTown", find_xodr(tmp_path, "TestTown").read_text()))
-    assert first_junction_count(tracer.junction_flags([(5.0, 1.75, 0.0), (180.0, 1.75, 0.0)])) == 96
-
-
-def test_missing_map_makes_traffic_signs_not_computable(tmp_path):
-    pytest.importorskip("carla")
-    from bench2drive_eval.junctions import JunctionChecker
-
-    (tmp_path / "CarlaUE4" / "Content" / "Carla" / "Maps").mkdir(parents=True)
-    routes = [Route("1", "Town99", ("T_Junction",), ((0, 0, 0), (1, 0, 0)))]
-    result = compute_abilities(routes, {"1": make_record("1")}, "v0.0.3", JunctionChecker(tmp_path))
-    ts = result.scores[-1]
-    assert ts.rate is None and "Town99" in ts.note and "OpenDrive" in ts.note
-    with pytest.raises(JunctionUnavailable):
-        JunctionChecker(tmp_path)(routes[0])
-
-
-def test_carla_planner_from_carla_root_is_used(tmp_path, monkeypatch):
-    """With $CARLA_ROOT/PythonAPI/carla/agents present, CARLA's GlobalRoutePlanner does the tracing."""
-    pytest.importorskip("carla")
-    from bench2drive_eval.junctions import JunctionChecker
-
     write_test_map(tmp_path)
     package = tmp_path / "PythonAPI" / "carla" / "agents" / "navigation"
     package.mkdir(parents=True)
     (package.parent / "__init__.py").write_text("")
     (package / "__init__.py").write_text("")
-    # A stand-in planner with the real interface: trace_route(origin, destination) -> [(waypoint, option)],
-    # here a straight walk along the lane every `resolution` metres.
-    (package / "global_route_planner.py").write_text(textwrap.dedent("""\
-        class GlobalRoutePlanner:
-            def __init__(self, wmap, sampling_resolution):
-                self._map, self._res = wmap, sampling_resolution
-
-            def trace_route(self, origin, destination):
-                wp = self._map.get_waypoint(origin)
-                route = [(wp, 4)]
-                while wp.transform.location.distance(destination) > self._res:
-                    wp = wp.next(self._res)[0]
-                    route.append((wp, 4))
-                return route
-    """))
+    (package / "global_route_planner.py").write_text(STAND_IN_PLANNER)
     monkeypatch.setattr(sys, "path", list(sys.path))
     for name in [m for m in sys.modules if m == "agents" or m.startswith("agents.")]:
         monkeypatch.delitem(sys.modules, name)
-    try:
-        checker = JunctionChecker(tmp_path)
-        assert "GlobalRoutePlanner" in checker.planner_note
-        route = Route("1", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (180.0, 1.75, 0.0)))
-        import carla
-        from agents.navigation.global_route_planner import GlobalRoutePlanner
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "agents" or m.startswith("agents.")]:
+        del sys.modules[name]
 
-        from bench2drive_eval.junctions import find_xodr, load_map
 
-        planner = GlobalRoutePlanner(load_map("TestTown", find_xodr(tmp_path, "TestTown").read_text()), 1.0)
-        trace = planner.trace_route(carla.Location(5.0, 1.75, 0.0), carla.Location(180.0, 1.75, 0.0))
-        expected = next(i for i, (wp, _) in enumerate(trace) if wp.is_junction) + 1
-        assert 90 < expected < 100
-        assert checker(route) == (expected, len(trace))
-    finally:
-        for name in [m for m in sys.modules if m == "agents" or m.startswith("agents.")]:
-            del sys.modules[name]
+def test_without_carlas_planner_traffic_signs_is_refused(tmp_path, bench2drive_shared):
+    """Maps alone are not enough: only CARLA's own planner gives upstream's junction count."""
+    pytest.importorskip("carla")
+    from bench2drive_eval.junctions import JunctionChecker
+
+    write_test_map(tmp_path)
+    routes = [Route("1", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (180.0, 1.75, 0.0)))]
+    result = compute_abilities(routes, {"1": make_record("1", "Failed", 80.0)}, "v0.0.3", JunctionChecker(tmp_path))
+    ts = result.scores[-1]
+    assert ts.rate is None and "GlobalRoutePlanner" in ts.note and "global_route_planner.py not found" in ts.note
+    assert "\n" not in ts.note
+    # Through the CLI: the number is n/a, the reason is printed once, exit status 0.
+    from bench2drive_eval.cli import main
+
+    rc = main(["metrics", str(bench2drive_shared / "fixtures" / "zoo_v003_VAD.json"),
+               "--routes", str(bench2drive_shared / "routes" / "bench2drive220.xml"), "--carla-root", str(tmp_path),
+               "--json"])
+    assert rc == 0
+
+
+def test_junction_count_uses_carlas_planner_as_upstream(carla_root_with_planner):
+    """Upstream's get_waypoint_route concatenates trace_route(k_i, k_i+1) and counts up to the first junction
+    waypoint, 1-based. On the test map lane -1 runs along y=1.75; x=100..119 is the junction connector."""
+    from bench2drive_eval.junctions import JunctionChecker
+
+    checker = JunctionChecker(carla_root_with_planner)
+    # x=5..100 on road 1 (96 waypoints; x=100 is its end, s=100), x=101 the first on the connector: the 97th.
+    # The walk stops within 1 m of x=180: x=5..179, 175 waypoints.
+    assert checker(Route("1", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (180.0, 1.75, 0.0)))) == (97, 175)
+    assert "GlobalRoutePlanner" in checker.planner_note
+    # A keypoint at x=60: the first trace is x=5..59 (55), the second x=60..179 (120). CARLA places the second
+    # origin at s=60.0000038, so its 41st step (s=100.0000038) is past road 1's end, on the connector: 55 + 41.
+    route = Route("2", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (60.0, 1.75, 0.0), (180.0, 1.75, 0.0)))
+    assert checker(route) == (96, 175)
+    # Never reaching the junction: no count (upstream raises; we give no credit, with a note).
+    assert checker(Route("3", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (50.0, 1.75, 0.0)))) is None
+    from agents.navigation.global_route_planner import GlobalRoutePlanner
+
+    assert GlobalRoutePlanner.built == 1  # one planner per town, as upstream's v0.0.4 tool
+
+
+def test_planner_failure_and_no_junction_are_noted_not_raised(carla_root_with_planner):
+    from bench2drive_eval.junctions import JunctionChecker
+
+    routes = [
+        Route("1", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (180.0, 1.75, 0.0))),
+        Route("2", "TestTown", ("T_Junction",), ((150.0, 1.75, 0.0), (5.0, 1.75, 0.0))),  # planner raises
+        Route("3", "TestTown", ("T_Junction",), ((5.0, 1.75, 0.0), (50.0, 1.75, 0.0))),  # no junction
+    ]
+    records = {r.route_id: make_record(r.route_id, "Failed", 80.0) for r in routes}
+    result = compute_abilities(routes, records, "v0.0.4", JunctionChecker(carla_root_with_planner))
+    ts = result.scores[-1]
+    # Route 1: 0.80 > (97 + 8) / 175 = 0.6: credit. Routes 2 and 3: none, each with a note.
+    assert (ts.successes, ts.total) == (1, 3)
+    assert any("route 2" in n and "NetworkXNoPath" in n for n in result.notes)
+    assert any("route 3" in n and "no junction" in n for n in result.notes)
+
+
+def test_missing_map_makes_traffic_signs_not_computable(carla_root_with_planner):
+    from bench2drive_eval.junctions import JunctionChecker
+
+    routes = [Route("1", "Town99", ("T_Junction",), ((0, 0, 0), (1, 0, 0)))]
+    result = compute_abilities(routes, {"1": make_record("1")}, "v0.0.3", JunctionChecker(carla_root_with_planner))
+    ts = result.scores[-1]
+    assert ts.rate is None and "Town99" in ts.note and "OpenDrive" in ts.note
+    with pytest.raises(JunctionUnavailable):
+        JunctionChecker(carla_root_with_planner)(routes[0])
 
 
 def test_metrics_cli_rejects_carla_root_without_maps(tmp_path, bench2drive_shared, capsys):

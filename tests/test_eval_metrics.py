@@ -169,6 +169,8 @@ def test_infractions_per_km_follow_the_leaderboard(tmp_path, shared):
         record["infractions"] = {k: [] for k in record["infractions"]}
     a["meta"]["route_length"], a["scores"]["score_route"] = 2000.0, 50.0  # 1 km driven
     b["meta"]["route_length"], b["scores"]["score_route"] = 1000.0, 100.0  # 1 km driven
+    for record in (a, b):
+        record["scores"].update(score_penalty=1.0, score_composed=record["scores"]["score_route"])
     a["infractions"]["collisions_vehicle"] = ["c1", "c2"]
     b["infractions"]["collisions_vehicle"] = ["c3"]
     b["infractions"]["outside_route_lanes"] = [

@@ -1,13 +1,14 @@
 """Bench2Drive benchmark metrics from merged results: driving score, success rate, efficiency, comfort, abilities, tables."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-from bench2drive_eval.cli import EvalError
 from bench2drive_eval.abilities import AbilityResults, JunctionLookup, compute_abilities, canonical_scenario_type
+from bench2drive_eval.cli import EvalError
 from bench2drive_eval.results import MergedResults, RouteRecord
 from bench2drive_eval.routes import Route, load_routes
 
@@ -118,17 +119,24 @@ def is_crashed(record: RouteRecord) -> bool:
     return not record.is_complete or any(marker in record.status for marker in CRASH_STATUS_MARKERS)
 
 
+def offroad_km(record: RouteRecord) -> float | None:
+    """Off-route distance in km, from the 9th word of the first off-road message as the leaderboard reads it
+    ("Agent went outside its route lanes for about X meters ..."); 0 without one, None when unreadable."""
+    events = record.infractions.get("outside_route_lanes", ())
+    if not events:
+        return 0.0
+    try:
+        metres = float(events[0].split(" ")[8])
+    except (IndexError, ValueError):
+        return None
+    return metres / 1000.0 if math.isfinite(metres) and metres >= 0 else None
+
+
 def _infraction_value(record: RouteRecord, key: str) -> float:
-    events = record.infractions.get(key, ())
     if key == "outside_route_lanes":
-        # The leaderboard sums the off-route distance (km) from the message's 9th word instead of counting.
-        if not events:
-            return 0.0
-        try:
-            return float(events[0].split(" ")[8]) / 1000.0
-        except (IndexError, ValueError):
-            return 0.0
-    return float(len(events))
+        # The leaderboard sums the off-route distance (km) instead of counting events.
+        return offroad_km(record) or 0.0
+    return float(len(record.infractions.get(key, ())))
 
 
 def infractions_per_km(records: Sequence[RouteRecord]) -> tuple[dict[str, float], float]:
@@ -270,6 +278,10 @@ def compute_metrics(
     if planner_note:
         notes.append(planner_note)
 
+    unreadable = [r.route_key for r in records if offroad_km(r) is None]
+    if unreadable:
+        notes.append("off-road distance unreadable in the first outside_route_lanes message (upstream stops "
+                     f"there); counted as 0 km for: {', '.join(unreadable)}")
     per_km, km = infractions_per_km(records)
     scenario_of = {r.route_key: canonical_scenario_type(route_map[r.route_id].scenario_type if route_map else r.scenario_type)
                    for r in records}

@@ -6,12 +6,11 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Sequence
 
 from bench2drive_eval.jsonio import dumps_strict, write_texts_atomic
 from bench2drive_eval.metrics import Metrics, compute_metrics, format_metrics
 from bench2drive_eval.results import MergedResults, load_run, record_to_json
-from bench2drive_eval.routes import Route, run_folder_routes
+from bench2drive_eval.routes import Route, routes_of_run_folders
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,17 +79,6 @@ def write_outputs(out: str | Path, merged: MergedResults, metrics: Metrics) -> l
     }
     write_texts_atomic(files)
     return list(files)
-
-
-def routes_of_run_folders(paths: Sequence[str | Path]) -> tuple[dict[str, Route], str] | None:
-    """Without --routes: the union of the route sets the given run folders ran, None when none is one."""
-    found = [routes for routes in (run_folder_routes(p) for p in paths if Path(p).is_dir()) if routes is not None]
-    if not found:
-        return None
-    union: dict[str, Route] = {}
-    for routes, _ in found:
-        union.update(routes)
-    return union, "; ".join(where for _, where in found)
 
 
 def main(args: argparse.Namespace) -> int:

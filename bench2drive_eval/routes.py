@@ -6,6 +6,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from bench2drive_eval.cli import EvalError
 
@@ -37,9 +38,12 @@ class RouteFileError(EvalError):
 def _float(element: ET.Element, name: str, where: str) -> float:
     value = element.get(name)
     try:
-        return float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise RouteFileError(f"{where}: position attribute {name}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise RouteFileError(f"{where}: position attribute {name}={value!r} is not a finite number")
+    return number
 
 
 def load_routes(path: str | os.PathLike) -> dict[str, Route]:
@@ -111,3 +115,17 @@ def run_folder_routes(run_dir: str | os.PathLike) -> tuple[dict[str, Route], str
         )
     where = sources[0] if len(sources) == 1 else f"{len(sources)} route files of the run"
     return {rid: found[rid] for rid in wanted}, f"the {len(wanted)} routes of run {layout.root} (from {where})"
+
+
+def routes_of_run_folders(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, Route], str] | None:
+    """The union of the route sets of the run folders among `paths` and where they came from; None if none is one.
+
+    What to score against when the user gives no route file: a run's own routes, not all 220.
+    """
+    found = [routes for routes in (run_folder_routes(p) for p in paths if Path(p).is_dir()) if routes is not None]
+    if not found:
+        return None
+    union: dict[str, Route] = {}
+    for routes, _ in found:
+        union.update(routes)
+    return union, "; ".join(where for _, where in found)

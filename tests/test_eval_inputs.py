@@ -200,3 +200,27 @@ def test_efficiency_edge_cases_upstream_crashes_on_are_noted(tmp_path, shared, r
     metrics = compute_metrics(load_run(path), routes=routes_xml)
     assert metrics.efficiency_routes == len(with_checks) - 1
     assert any(with_checks[0]["route_id"].split("_")[1] in n and note in n for n in metrics.notes)
+
+
+def test_nan_keypoint_in_route_file_is_one_line(tmp_path, shared, routes_xml, capsys):
+    text = routes_xml.read_text()
+    bad = tmp_path / "routes.xml"
+    first = text.index('x="', text.index("<position"))
+    bad.write_text(text[:first] + 'x="nan" data-was="' + text[first + 3:])
+    rc = cli_main(["metrics", str(shared / SOURCE), "--routes", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and str(bad) in err and "x='nan'" in err and "finite" in err
+
+
+def test_unreadable_offroad_distance_is_noted_not_nan(tmp_path, shared, routes_xml):
+    from bench2drive_eval.metrics import compute_metrics
+    from bench2drive_eval.results import load_run
+
+    raw = _raw(shared)
+    record = raw["_checkpoint"]["records"][2]
+    record["infractions"]["outside_route_lanes"] = ["Agent went outside its route lanes for about nan meters"]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(raw))
+    metrics = compute_metrics(load_run(path), routes=routes_xml)
+    assert math.isfinite(metrics.infractions_per_km["outside_route_lanes"])
+    assert any("off-road distance unreadable" in n and record["route_id"] in n for n in metrics.notes)

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from bench2drive_eval.abilities import AbilityResults, JunctionLookup, compute_abilities, canonical_scenario_type
 from bench2drive_eval.cli import EvalError
 from bench2drive_eval.results import MergedResults, RouteRecord
-from bench2drive_eval.routes import Route, load_routes
+from bench2drive_eval.routes import Route, load_routes, routes_of_run_folders
 
 BENCHMARK_ROUTE_COUNT = 220  # upstream divides by 220 whatever the number of records
 EFFICIENCY_PATTERN = re.compile(r"\b\d+\.?\d*%")
@@ -195,8 +195,9 @@ def compute_metrics(
     """Score merged results like Bench2Drive's tools (merge_route_json, ability_benchmark, efficiency_smoothness).
 
     `routes` (a route XML path or parsed routes) fixes the route set: routes without a record count 0 and
-    are listed as missing; records of other routes are left out (and noted). Without it the denominator is
-    220, as upstream. `carla_root` enables the Traffic_Signs junction check; `save_path` the comfort metric.
+    are listed as missing; records of other routes are left out (and noted). Without it, results read from
+    `bench2drive-eval run` folders are scored on the routes those runs ran, anything else on 220 as upstream.
+    `carla_root` enables the Traffic_Signs junction check; `save_path` the comfort metric.
     `route_set_source` says in the notes where `routes` came from when it is not a user's --routes.
     """
     if benchmark not in ("v0.0.3", "v0.0.4"):
@@ -204,6 +205,8 @@ def compute_metrics(
     notes: list[str] = list(merged.notes)
     errors: list[str] = list(merged.errors)
     route_map = load_routes(routes) if isinstance(routes, (str, os.PathLike)) else routes
+    if route_map is None and merged.run_folders:
+        route_map, route_set_source = routes_of_run_folders(merged.run_folders) or (None, "")
     records = list(merged.records)
     if route_set_source:
         notes.append(f"route set: {route_set_source}")

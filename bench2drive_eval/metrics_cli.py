@@ -10,7 +10,6 @@ from pathlib import Path
 from bench2drive_eval.jsonio import dumps_strict, write_texts_atomic
 from bench2drive_eval.metrics import Metrics, compute_metrics, format_metrics
 from bench2drive_eval.results import MergedResults, load_run, record_to_json
-from bench2drive_eval.routes import Route, routes_of_run_folders
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,14 +83,8 @@ def write_outputs(out: str | Path, merged: MergedResults, metrics: Metrics) -> l
 def main(args: argparse.Namespace) -> int:
     _check_arguments(args)
     merged = load_run(args.paths)
-    routes: str | dict[str, Route] | None = args.routes
-    route_set_source = ""
-    if routes is None:
-        own = routes_of_run_folders(args.paths)
-        if own is not None:
-            routes, route_set_source = own
-    metrics = compute_metrics(merged, routes=routes, benchmark=args.benchmark, carla_root=args.carla_root,
-                              save_path=args.save_path, route_set_source=route_set_source)
+    metrics = compute_metrics(merged, routes=args.routes, benchmark=args.benchmark,
+                              carla_root=args.carla_root, save_path=args.save_path)
     if args.json:
         print(dumps_strict(metrics.to_dict(), "stdout"))
     else:

@@ -78,6 +78,7 @@ class MergedResults:
     errors: tuple[str, ...] = ()  # unreadable files / invalid records, each naming the file
     notes: tuple[str, ...] = ()  # what merging did (duplicates replaced, files skipped)
     by_key: Mapping[str, RouteRecord] = field(default_factory=dict, repr=False, compare=False)
+    run_folders: tuple[str, ...] = ()  # `bench2drive-eval run` folders read: they know their own route set
 
     def get(self, route_id: str, repetition: int = 0) -> RouteRecord | None:
         return self.by_key.get(route_key(route_id, repetition))
@@ -198,16 +199,19 @@ def load_result_file(path: str | os.PathLike) -> tuple[list[RouteRecord], list[s
     return valid, errors
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[str]]:
-    """Turn run folders and files into result files to read: (named files, files found in folders, notes)."""
+def expand_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[str], list[Path]]:
+    """Turn run folders and files into result files to read: (named files, files found in folders, notes,
+    `bench2drive-eval run` folders among them)."""
     files: list[Path] = []
     scanned: list[Path] = []
     notes: list[str] = []
+    run_folders: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir() and (path / RUN_STATE_FILE).is_file() and (path / RUN_RESULTS_DIR).is_dir():
             # A `bench2drive-eval run` folder: its split results live in results/; the rest is bookkeeping.
             notes.append(f"{path}: run folder, reading its {RUN_RESULTS_DIR}/ only")
+            run_folders.append(path)
             path = path / RUN_RESULTS_DIR
         if path.is_dir():
             found = sorted(
@@ -228,7 +232,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[P
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return files, scanned, notes
+    return files, scanned, notes, run_folders
 
 
 def _attempt_order(record: RouteRecord, file_rank: Mapping[str, int]) -> tuple[int, int]:
@@ -266,7 +270,7 @@ def load_run(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> MergedRe
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    named, scanned, notes = expand_paths(paths)
+    named, scanned, notes, run_folders = expand_paths(paths)
     errors: list[str] = []
     records: list[RouteRecord] = []
     sources: list[str] = []
@@ -298,6 +302,7 @@ def load_run(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> MergedRe
         errors=tuple(errors),
         notes=tuple(notes),
         by_key={r.route_key: r for r in merged},
+        run_folders=tuple(str(p) for p in run_folders),
     )
 
 

@@ -1,6 +1,7 @@
 """Parse Bench2Drive route XMLs: route id, town, scenario types, keypoints and keypoint-polyline length."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import xml.etree.ElementTree as ET
@@ -122,7 +123,23 @@ def routes_of_run_folders(paths: Sequence[str | os.PathLike]) -> tuple[dict[str,
 
     What to score against when the user gives no route file: a run's own routes, not all 220.
     """
-    found = [routes for routes in (run_folder_routes(p) for p in paths if Path(p).is_dir()) if routes is not None]
+    folders = tuple(str(p) for p in paths if Path(p).is_dir())
+    # Keyed on run_state.json's mtime: resampling callers (bootstrap) score the same run many times.
+    stamps = tuple(_mtime_ns(Path(p) / "run_state.json") for p in folders)
+    found = _run_folder_routes_cached(folders, stamps)
+    return None if found is None else (dict(found[0]), found[1])
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+@functools.lru_cache(maxsize=16)
+def _run_folder_routes_cached(folders: tuple[str, ...], _stamps: tuple[int, ...]) -> tuple[dict[str, Route], str] | None:
+    found = [routes for routes in (run_folder_routes(p) for p in folders) if routes is not None]
     if not found:
         return None
     union: dict[str, Route] = {}

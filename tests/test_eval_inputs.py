@@ -168,6 +168,12 @@ def test_run_folder_is_scored_on_its_own_routes(tmp_path, shared, routes_xml, ca
     assert data["driving_score"] == pytest.approx(expected, abs=1e-9)
     assert data["missing_routes"] == [ids[9]]
     assert any(n.startswith("route set: the 10 routes of run") for n in data["notes"])
+    # The library call behind compare/report does the same (load_run records the run folders it read).
+    from bench2drive_eval.metrics import compute_metrics
+    from bench2drive_eval.results import load_run
+
+    assert compute_metrics(load_run(run)).driving_score == pytest.approx(expected, abs=1e-9)
+    assert compute_metrics(load_run(run), routes=routes_xml).total_routes == 220  # --routes still wins
     # Moved elsewhere, the job route files are found in its splits/ folder.
     moved = shutil.move(str(run), str(tmp_path / "moved"))
     rc = cli_main(["metrics", moved, "--json"])

@@ -94,5 +94,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr if args.json else sys.stdout)
     for error in metrics.errors:
         print(f"bench2drive-eval metrics: input problem: {error}", file=sys.stderr)
+    if args.carla_root:
+        # Asked for, but not computed: say why where it is seen, not only among the notes.
+        for note in metrics.notes:
+            if note.startswith("ability Traffic_Signs: not computable"):
+                print(f"bench2drive-eval metrics: {note}", file=sys.stderr)
     # Non-zero when some input could not be read, although the rest was scored.
     return 1 if metrics.errors else 0

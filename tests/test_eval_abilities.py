@@ -1,6 +1,7 @@
 """Abilities (v0.0.3 / v0.0.4 rules) and the Traffic_Signs junction check on an OpenDRIVE map written here."""
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -160,7 +161,7 @@ def carla_root_with_planner(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def test_without_carlas_planner_traffic_signs_is_refused(tmp_path, bench2drive_shared):
+def test_without_carlas_planner_traffic_signs_is_refused(tmp_path, bench2drive_shared, capsys):
     """Maps alone are not enough: only CARLA's own planner gives upstream's junction count."""
     pytest.importorskip("carla")
     from bench2drive_eval.junctions import JunctionChecker
@@ -177,7 +178,10 @@ def test_without_carlas_planner_traffic_signs_is_refused(tmp_path, bench2drive_s
     rc = main(["metrics", str(bench2drive_shared / "fixtures" / "zoo_v003_VAD.json"),
                "--routes", str(bench2drive_shared / "routes" / "bench2drive220.xml"), "--carla-root", str(tmp_path),
                "--json"])
-    assert rc == 0
+    captured = capsys.readouterr()
+    assert rc == 0 and json.loads(captured.out)["abilities"]["Traffic_Signs"] is None
+    reason = [line for line in captured.err.splitlines() if "Traffic_Signs" in line]
+    assert len(reason) == 1 and "GlobalRoutePlanner" in reason[0] and "no approximation" in reason[0]
 
 
 def test_junction_count_uses_carlas_planner_as_upstream(carla_root_with_planner):

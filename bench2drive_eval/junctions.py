@@ -3,7 +3,7 @@
 Bench2Drive's ability tool densifies the route keypoints with CARLA's GlobalRoutePlanner (1 m) and counts
 waypoints up to the first one inside a junction; that count sets the Traffic_Signs partial-credit
 threshold. Only that planner gives that count: a lookalike tracer moves the threshold (an earlier one here
-was off by 0.086 on average over 32 routes, up to 0.80). So the check runs only when
+was off by 0.086 on average over 32 routes, up to 0.80, as measured in issue 11). So the check runs only when
 `$CARLA_ROOT/PythonAPI/carla/agents` (shipped with CARLA) is there; otherwise Traffic_Signs is reported as
 not computable, with the reason. The map is built offline from the town's OpenDRIVE file, as upstream's
 v0.0.4 tool does (`carla.Map(town, xodr_text)`), so no simulator is needed.

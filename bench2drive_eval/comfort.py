@@ -194,5 +194,5 @@ def compute_comfort(save_path: str | os.PathLike, save_names: Iterable[str],
         try:
             per_route[name] = route_smoothness(load_metric_info(path), config)
         except ComfortError as error:
-            problems.append(str(error))
+            problems.append(str(error) if str(path) in str(error) else f"{path}: {error}")
     return ComfortResult(per_route, tuple(problems))

@@ -230,3 +230,25 @@ def test_unreadable_offroad_distance_is_noted_not_nan(tmp_path, shared, routes_x
     metrics = compute_metrics(load_run(path), routes=routes_xml)
     assert math.isfinite(metrics.infractions_per_km["outside_route_lanes"])
     assert any("off-road distance unreadable" in n and record["route_id"] in n for n in metrics.notes)
+
+
+def test_comfort_logs_upstream_stops_on_are_left_out_with_a_note(tmp_path, shared, routes_xml):
+    """Upstream's comfort tool stops at a missing metric_info.json and at a 2-step log; we score the rest."""
+    from bench2drive_eval.metrics import compute_metrics
+    from bench2drive_eval.results import load_run
+
+    raw = _raw(shared)
+    records = raw["_checkpoint"]["records"][:3]
+    raw["_checkpoint"]["records"] = records
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(raw))
+    step = {"acceleration": [0.0, 0.0, 0.0], "angular_velocity": [0.0, 0.0, 0.0], "forward_vector": [1.0, 0.0, 0.0],
+            "right_vector": [0.0, 1.0, 0.0], "location": [0.0, 0.0, 0.0], "rotation": [0.0, 0.0, 0.0]}
+    save = tmp_path / "save"
+    for record, steps in zip(records, (40, 2)):  # the third route has no metric_info.json at all
+        (save / record["save_name"]).mkdir(parents=True)
+        (save / record["save_name"] / "metric_info.json").write_text(json.dumps({str(i): step for i in range(steps)}))
+    metrics = compute_metrics(load_run(path), routes=routes_xml, save_path=save)
+    assert metrics.smoothness == 100.0 and metrics.smoothness_routes == 1
+    note = next(n for n in metrics.notes if n.startswith("comfort:"))
+    assert "2 route(s)" in note and records[1]["save_name"] in note and records[2]["save_name"] in note

@@ -56,6 +56,8 @@ def load_routes(path: str | os.PathLike) -> dict[str, Route]:
         root = ET.parse(path).getroot()
     except ET.ParseError as error:
         raise RouteFileError(f"{path}: not valid XML ({error})") from None
+    except OSError as error:
+        raise RouteFileError(f"{path}: cannot read ({error.strerror or error})") from None
     routes: dict[str, Route] = {}
     for element in root.iter("route"):
         route_id = element.get("id")

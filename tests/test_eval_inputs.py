@@ -252,3 +252,13 @@ def test_comfort_logs_upstream_stops_on_are_left_out_with_a_note(tmp_path, share
     assert metrics.smoothness == 100.0 and metrics.smoothness_routes == 1
     note = next(n for n in metrics.notes if n.startswith("comfort:"))
     assert "2 route(s)" in note and records[1]["save_name"] in note and records[2]["save_name"] in note
+
+
+def test_non_utf8_result_file_is_named(tmp_path, shared, capsys):
+    good = tmp_path / "good.json"
+    good.write_bytes((shared / SOURCE).read_bytes())
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes(b'{"_checkpoint": {"records": [{"route_id": "RouteScenario_1_rep0", "status": "Compl\xe9ted"}]}}')
+    rc = cli_main(["metrics", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "latin1.json: not UTF-8 text" in err and "Traceback" not in err

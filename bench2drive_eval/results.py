@@ -112,7 +112,10 @@ def _number(value: Any, where: str, low: float | None = None, high: float | None
     """A finite number (within [low, high] where given); RecordError naming the field and value otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(f"{where} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        number = math.inf
     if not math.isfinite(number):
         raise RecordError(f"{where} is {number!r}: it must be a finite number")
     if (low is not None and number < low) or (high is not None and number > high):

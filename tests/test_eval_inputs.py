@@ -48,6 +48,7 @@ def _raw(shared: Path) -> dict:
     ("score_composed", -50.0, "-50.0"),
     ("score_route", 250.0, "250.0"),
     ("score_penalty", 1.5, "1.5"),
+    ("score_route", 10 ** 400, "inf"),  # an integer too large for a float
 ])
 def test_bad_scores_are_named_and_skipped(tmp_path, shared, routes_xml, capsys, field, value, shown):
     raw = _raw(shared)

@@ -85,11 +85,13 @@ def settings_from_args(args: argparse.Namespace) -> BootstrapSettings | None:
 # ---- the route set and each run's per-route contributions ---------------------------------------------------
 
 
-def route_universe(runs: Sequence[MergedResults], routes: Mapping[str, Route] | None) -> dict[str, Route]:
-    """The routes to resample: the route file's, else every route id with a record plus empty slots up to 220.
+def route_universe(runs: Sequence[MergedResults], routes: Mapping[str, Route] | None,
+                   slots: int = BENCHMARK_ROUTE_COUNT) -> dict[str, Route]:
+    """The routes to resample: the route file's, else every route id with a record plus empty slots up to `slots`.
 
-    Without a route file compute_metrics divides by 220 (or the record count, if larger): the slots no run has a
-    record for count 0 there, so they are resampled as empty routes here.
+    Without a route file compute_metrics divides by a route count (`Metrics.total_routes`, 220 upstream) that
+    can exceed the records: the slots no run has a record for count 0 there, so they are resampled as empty
+    routes here.
     """
     if routes is not None:
         return dict(routes)
@@ -97,7 +99,7 @@ def route_universe(runs: Sequence[MergedResults], routes: Mapping[str, Route] | 
     for run in runs:
         for record in run.records:
             universe.setdefault(record.route_id, Route(record.route_id, record.town, (record.scenario_type,), ()))
-    for i in range(BENCHMARK_ROUTE_COUNT - len(universe)):
+    for i in range(slots - len(universe)):
         universe[f"{PHANTOM_PREFIX}{i}"] = Route(f"{PHANTOM_PREFIX}{i}", "", (), ())
     return universe
 
@@ -331,7 +333,8 @@ def run_intervals(label: str, merged: MergedResults, point: Metrics, settings: B
                   routes: Mapping[str, Route] | None, benchmark: str,
                   junction_lookup: JunctionLookup | None = None) -> RunIntervals:
     """Intervals for one run's metrics."""
-    table = run_table(label, merged, point, route_universe([merged], routes), benchmark, junction_lookup)
+    universe = route_universe([merged], routes, point.total_routes)
+    table = run_table(label, merged, point, universe, benchmark, junction_lookup)
     samples = resample_tables([table], settings)
     metrics = tuple(_summary(n, [table], samples[0][:, j], settings.confidence) for j, n in enumerate(table.names))
     return RunIntervals(label, settings, len(table.units), metrics, tuple(_notes([table])))
@@ -433,3 +436,46 @@ def _summary(name: str, tables: Sequence[RunTable], column: np.ndarray, confiden
     low, high = percentile_interval(column, confidence)
     return MetricInterval(name, float(np.mean(runs)), low, high, float(np.mean(~np.isfinite(column))),
                           runs if len(runs) > 1 else ())
+
+
+# ---- the `metrics` command's interval block ------------------------------------------------------------------
+
+INTERVALS_FILE = "intervals.json"
+
+
+def single_run_intervals(args: argparse.Namespace, merged: MergedResults, metrics: Metrics) -> RunIntervals | None:
+    """The intervals `bench2drive-eval metrics` prints for its run, or None with --bootstrap 0."""
+    settings = settings_from_args(args)
+    if settings is None:
+        return None
+    from bench2drive_eval.routes import load_routes
+
+    routes = load_routes(args.routes) if args.routes else None
+    lookup = None
+    if args.carla_root:
+        from bench2drive_eval.junctions import JunctionChecker
+
+        lookup = JunctionChecker(args.carla_root)
+    label = ", ".join(str(p) for p in args.paths)
+    return run_intervals(label, merged, metrics, settings, routes, args.benchmark, lookup)
+
+
+def json_part(intervals: RunIntervals | None) -> dict[str, Any]:
+    return {} if intervals is None else {"intervals": intervals.to_dict()}
+
+
+def text_part(intervals: RunIntervals | None) -> str:
+    return "" if intervals is None else "\n\n" + intervals.format()
+
+
+def write_part(out: str, intervals: RunIntervals | None) -> list:
+    """Write intervals.json beside the metrics files; the list of what was written."""
+    if intervals is None:
+        return []
+    from pathlib import Path
+
+    from bench2drive_eval.jsonio import write_json_atomic
+
+    path = Path(out) / INTERVALS_FILE
+    write_json_atomic(path, intervals.to_dict())
+    return [path]

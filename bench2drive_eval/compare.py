@@ -183,7 +183,8 @@ def compare_runs(group_a: list[LoadedRun], group_b: list[LoadedRun], label_a: st
                      f"{group_a[0].label} vs {group_b[0].label}")
     intervals = None
     if settings is not None:
-        universe = bootstrap.route_universe([r.merged for r in (*group_a, *group_b)], routes)
+        runs = (*group_a, *group_b)
+        universe = bootstrap.route_universe([r.merged for r in runs], routes, max(r.metrics.total_routes for r in runs))
         tables = [bootstrap.run_table(r.label, r.merged, r.metrics, universe, benchmark, junction_lookup)
                   for r in (*group_a, *group_b)]
         intervals = bootstrap.compare_groups(tables[:len(group_a)], tables[len(group_a):], label_a, label_b, settings)

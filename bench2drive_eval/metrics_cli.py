@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench2drive_eval import bootstrap
 from bench2drive_eval.jsonio import write_json_atomic
 from bench2drive_eval.metrics import Metrics, compute_metrics, format_metrics
 from bench2drive_eval.results import MergedResults, load_run, record_to_json
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "junction check")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     parser.add_argument("--out", help="folder to write metrics.json, metrics.txt, per_route.csv and merged.json")
+    bootstrap.add_arguments(parser)  # confidence intervals (i15)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -81,12 +83,13 @@ def main(args: argparse.Namespace) -> int:
     merged = load_run(args.paths)
     metrics = compute_metrics(merged, routes=args.routes, benchmark=args.benchmark,
                               carla_root=args.carla_root, save_path=args.save_path)
+    intervals = bootstrap.single_run_intervals(args, merged, metrics)  # None with --bootstrap 0
     if args.json:
-        print(json.dumps(metrics.to_dict(), indent=2))
+        print(json.dumps(metrics.to_dict() | bootstrap.json_part(intervals), indent=2))
     else:
-        print(format_metrics(metrics))
+        print(format_metrics(metrics) + bootstrap.text_part(intervals))
     if args.out:
-        written = write_outputs(args.out, merged, metrics)
+        written = write_outputs(args.out, merged, metrics) + bootstrap.write_part(args.out, intervals)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr if args.json else sys.stdout)
     for error in metrics.errors:
         print(f"bench2drive-eval metrics: input problem: {error}", file=sys.stderr)

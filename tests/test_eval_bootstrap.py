@@ -175,3 +175,23 @@ def test_published_files(published):
     precision = bootstrap.compare_groups([bf16], [fp32], "bf16", "fp32", settings).metrics
     assert precision["driving_score"].verdict == "fp32 better"
     assert precision["Give_Way"].verdict == "no detectable difference at 95%"
+
+
+def test_metrics_command_prints_and_writes_intervals(tmp_path, drivemoe_reference, bench2drive_shared, capsys):
+    from bench2drive_eval.cli import main as cli_main
+    import json
+
+    run = drivemoe_reference / "official_results" / "drivemoe_base_bf16_seed1.json"
+    routes = bench2drive_shared / "routes" / "bench2drive220.xml"
+    assert cli_main(["metrics", str(run), "--routes", str(routes), "--bootstrap", "1000", "--bootstrap-seed", "4",
+                     "--out", str(tmp_path / "m")]) == 0
+    text = capsys.readouterr().out
+    assert "Confidence intervals (95% intervals: paired percentile bootstrap over route ids, 1000 resamples, seed 4" in text
+    line = next(x for x in text.splitlines() if x.strip().startswith("Driving Score") and "[" in x)
+    low, high = (float(v) for v in line.split("[")[1].rstrip("]").split(", "))
+    assert low < 74.22 < high
+    saved = json.loads((tmp_path / "m" / "intervals.json").read_text())
+    assert saved["seed"] == 4 and saved["resamples"] == 1000
+    assert saved["metrics"]["driving_score"]["low"] == pytest.approx(low, abs=0.005)
+    assert cli_main(["metrics", str(run), "--routes", str(routes), "--bootstrap", "0", "--json"]) == 0
+    assert "intervals" not in json.loads(capsys.readouterr().out)

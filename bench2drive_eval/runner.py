@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     paths.add_argument("--agent", type=Path, help="agent module, e.g. agent/drivemoe_agent.py")
     paths.add_argument("--agent-config", default=None, help="passed to the agent's setup() (path, optionally '+extra')")
     paths.add_argument("--python", default=None, help="interpreter for the upstream evaluator (default: this one)")
+    paths.add_argument("--seeds", default=None,
+                       help="agent seeds, e.g. 0,1,2: one resumable sub-run per seed in OUT/seed_<n>/, the agent "
+                            "YAML's `seed` set for each (see docs/evaluation-runner.md)")
     slots = parser.add_argument_group("where")
     slots.add_argument("--gpus", default=None, help="comma-separated GPU indices, e.g. 0,1,2,3 (default 0)")
     slots.add_argument("--jobs-per-gpu", type=int, default=None, help="CARLA+agent jobs per GPU (default 1)")
@@ -155,6 +158,7 @@ def new_config(args: argparse.Namespace) -> RunConfig:
         backend=_pick(args.backend, "local"),
         python=_pick(args.python, sys.executable),
         slurm=_slurm(args, SlurmOptions()),
+        agent_seed=getattr(args, "agent_seed", None),
     )
     return check_numbers(config)
 
@@ -233,6 +237,7 @@ def resumed_config(args: argparse.Namespace, run: RunState) -> RunConfig:
         backend=_pick(args.backend, old.backend),
         python=_pick(args.python, old.python),
         slurm=_slurm(args, old.slurm),
+        agent_seed=old.agent_seed,
     )
     if not config.agent.is_file():
         raise RunArgumentError(f"--agent: file not found: {config.agent}")
@@ -358,6 +363,19 @@ def score_run(layout: RunLayout, run: RunState, benchmark: str | None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench2drive_eval import seeds
+
+    if args.job_index is None and (args.seeds is not None or (args.out / seeds.SEEDS_FILE).is_file()):
+        try:
+            return seeds.run_seeds(args, run_one)
+        except (seeds.SeedsError, JSONFileError) as error:
+            print(f"bench2drive-eval run: error: {error}", file=sys.stderr)
+            return 2
+    return run_one(args)
+
+
+def run_one(args: argparse.Namespace) -> int:
+    """One run folder: prepare (or resume) it, drive its jobs, score it."""
     with contextlib.ExitStack() as stack:
         try:
             existing = RunLayout(args.out.resolve())

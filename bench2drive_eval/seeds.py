@@ -150,6 +150,8 @@ def run_seeds(args: argparse.Namespace, run_one: Callable[[argparse.Namespace], 
         code = run_one(sub)
         if code == ARGUMENT_EXIT and created and number == 1 and not sub.out.exists():
             shutil.rmtree(root, ignore_errors=True)  # a new run whose arguments were refused leaves nothing behind
+        if code == STOPPED_EXIT:
+            print(f"bench2drive-eval run: resume every seed with: bench2drive-eval run --out {root}", file=sys.stderr)
         if code in (ARGUMENT_EXIT, STOPPED_EXIT):
             return code
         codes.append(code)

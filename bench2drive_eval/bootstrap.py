@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -38,6 +39,7 @@ METRIC_LABELS = {
 CHUNK = 2_000  # resamples scored at once (bounds memory: CHUNK x routes counts)
 RELATIVE_TOLERANCE = 1e-9
 PHANTOM_PREFIX = "~no-record-"  # route slots counted by the 220 denominator that no run has a record for
+RESAMPLED_SUFFIX = re.compile(r"#\d+$")  # '<id>#<k>': the k-th route of a resampled run (see resampled_run)
 
 
 class BootstrapError(EvalError):
@@ -83,6 +85,38 @@ def settings_from_args(args: argparse.Namespace) -> BootstrapSettings | None:
 
 
 # ---- the route set and each run's per-route contributions ---------------------------------------------------
+
+
+class CachedLookup:
+    """A junction lookup that traces each route once: the point estimates, the per-route split and the exact
+    path ask about the same routes (a resampled copy has a new id but the same town and keypoints)."""
+
+    def __init__(self, lookup: JunctionLookup) -> None:
+        self._lookup = lookup
+        self._results: dict[tuple, Any] = {}
+        self.planner_note = getattr(lookup, "planner_note", None)
+
+    def __call__(self, route: Route) -> "tuple[int, int] | None":
+        key = (RESAMPLED_SUFFIX.sub("", route.route_id), route.town, route.keypoints)
+        if key not in self._results:
+            try:
+                self._results[key] = ("value", self._lookup(route))
+            except Exception as error:  # JunctionUnavailable and the like: the same answer every time
+                self._results[key] = ("error", error)
+        kind, value = self._results[key]
+        if kind == "error":
+            raise value
+        return value
+
+
+def junction_lookup_for(carla_root: str | None) -> CachedLookup | None:
+    """The Traffic_Signs junction check on CARLA_ROOT's maps, cached per route; None without --carla-root."""
+    if not carla_root:
+        return None
+    from bench2drive_eval.junctions import JunctionChecker
+
+    return CachedLookup(JunctionChecker(carla_root))
+
 
 
 def route_universe(runs: Sequence[MergedResults], routes: Mapping[str, Route] | None,
@@ -451,11 +485,7 @@ def single_run_intervals(args: argparse.Namespace, merged: MergedResults, metric
     from bench2drive_eval.routes import load_routes
 
     routes = load_routes(args.routes) if args.routes else None
-    lookup = None
-    if args.carla_root:
-        from bench2drive_eval.junctions import JunctionChecker
-
-        lookup = JunctionChecker(args.carla_root)
+    lookup = junction_lookup_for(args.carla_root)
     label = ", ".join(str(p) for p in args.paths)
     return run_intervals(label, merged, metrics, settings, routes, args.benchmark, lookup)
 

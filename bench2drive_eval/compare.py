@@ -361,11 +361,7 @@ def main(args: argparse.Namespace) -> int:
     if label_a == label_b:
         label_a, label_b = f"A:{label_a}", f"B:{label_b}"
     routes = load_routes(args.routes) if args.routes else None
-    lookup = None
-    if args.carla_root:
-        from bench2drive_eval.junctions import JunctionChecker
-
-        lookup = JunctionChecker(args.carla_root)
+    lookup = bootstrap.junction_lookup_for(args.carla_root)
     groups: list[list[LoadedRun]] = []
     for expanded in (expanded_a, expanded_b):
         group = []

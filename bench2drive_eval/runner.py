@@ -338,6 +338,7 @@ def drive_locally(layout: RunLayout, run: RunState, drivers: list[JobDriver], sh
 def score_run(layout: RunLayout, run: RunState, benchmark: str | None) -> None:
     """Merge and score with the scoring module; the run itself is complete whatever happens here."""
     try:
+        from bench2drive_eval import bootstrap
         from bench2drive_eval.metrics import compute_metrics, format_metrics
         from bench2drive_eval.metrics_cli import write_outputs
         from bench2drive_eval.results import load_run
@@ -351,14 +352,19 @@ def score_run(layout: RunLayout, run: RunState, benchmark: str | None) -> None:
         benchmark = "v0.0.4" if "0.0.4" in run.config.routes_file.name else "v0.0.3"
     try:
         merged = load_run([layout.results])
-        metrics = compute_metrics(merged, routes=routes, benchmark=benchmark, carla_root=run.config.carla_root,
+        # One cached junction check for the score and its intervals (each route traced once).
+        lookup = bootstrap.junction_lookup_for(str(run.config.carla_root))
+        metrics = compute_metrics(merged, routes=routes, benchmark=benchmark, junction_lookup=lookup,
                                   save_path=layout.save_path if layout.save_path.is_dir() else None)
         written = write_outputs(layout.root / "score", merged, metrics)
+        intervals = bootstrap.run_intervals(str(layout.root), merged, metrics, bootstrap.BootstrapSettings(), routes,
+                                            benchmark, lookup)
+        written += bootstrap.write_part(str(layout.root / "score"), intervals)
     except (ValueError, OSError) as error:
         print(f"bench2drive-eval run: scoring failed ({error}); score later with: "
               f"bench2drive-eval metrics {layout.results} --routes {run.config.routes_file}", file=sys.stderr)
         return
-    print(format_metrics(metrics))
+    print(format_metrics(metrics) + bootstrap.text_part(intervals))
     print(f"wrote {', '.join(str(p) for p in written)}")
 
 

@@ -1,6 +1,8 @@
 """The paired route bootstrap: known effects, calibration under the null, determinism, exactness, published files."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -179,7 +181,6 @@ def test_published_files(published):
 
 def test_metrics_command_prints_and_writes_intervals(tmp_path, drivemoe_reference, bench2drive_shared, capsys):
     from bench2drive_eval.cli import main as cli_main
-    import json
 
     run = drivemoe_reference / "official_results" / "drivemoe_base_bf16_seed1.json"
     routes = bench2drive_shared / "routes" / "bench2drive220.xml"
@@ -195,3 +196,32 @@ def test_metrics_command_prints_and_writes_intervals(tmp_path, drivemoe_referenc
     assert saved["metrics"]["driving_score"]["low"] == pytest.approx(low, abs=0.005)
     assert cli_main(["metrics", str(run), "--routes", str(routes), "--bootstrap", "0", "--json"]) == 0
     assert "intervals" not in json.loads(capsys.readouterr().out)
+
+
+def test_traffic_signs_with_a_junction_lookup_traced_once_per_route():
+    """With maps, Traffic_Signs (junction partial credit, v0.0.3 double denominator) gets an interval computed by
+    compute_abilities itself, and each route is traced once although it is scored many times."""
+    calls: list[str] = []
+
+    def lookup(route: Route):
+        calls.append(route.route_id)
+        return (10, 100)  # junction passed beyond 18 % completion
+
+    types = ("T_Junction", "SignalizedJunctionLeftTurn", "ParkingCutIn", "Accident", "InvadingTurn")
+    routes = {str(i): Route(str(i), "Town01", (types[i % 5],), ((0.0, 0.0, 0.0), (float(i), 1.0, 0.0)))
+              for i in range(60)}
+    rng = np.random.default_rng(1)
+    records = tuple(
+        dataclasses.replace(make_record(rid, 50.0, bool(rng.random() < 0.4)), scenario_name=f"{types[int(rid) % 5]}_1",
+                            score_route=float(rng.uniform(0, 100)))
+        for rid in routes)
+    run = MergedResults(records=records, sources=("s",), by_key={r.route_key: r for r in records})
+    cached = bootstrap.CachedLookup(lookup)
+    point = compute_metrics(run, routes=routes, junction_lookup=cached)
+    assert point.abilities["Traffic_Signs"] is not None and point.ability_mean is not None
+    table = bootstrap.run_table("ts", run, point, routes, "v0.0.3", cached)
+    assert table.additive and "Traffic_Signs" in table.names and "ability_mean" in table.names
+    indices = next(bootstrap.draws(60, BootstrapSettings(resamples=100, seed=2)))[:4]
+    np.testing.assert_allclose(table.scores(bootstrap.counts_of(indices, 60)), table.exact_scores(indices),
+                               rtol=1e-12, atol=1e-9)
+    assert sorted(calls) == sorted(r for r in routes if int(r) % 5 in (0, 1))  # the Traffic_Signs routes, once each

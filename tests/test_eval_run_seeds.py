@@ -37,7 +37,8 @@ def test_one_sub_run_per_seed_resumable_and_compared(bench, tmp_path: Path, caps
     routes = write_routes(tmp_path, ["1", "2", "3"])
     config = agent_yaml(tmp_path)
     out = tmp_path / "run"
-    argv = run_args(bench, out, routes, "--seeds", "0,1", "--agent-config", f"{config}+extra", gpus="0")
+    argv = [a for a in run_args(bench, out, routes, "--seeds", "0,1", "--agent-config", f"{config}+extra", gpus="0")
+            if a != "--no-score"]
     result = subprocess.run(argv, env=run_env(bench), capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "seeds.json").read_text())
@@ -54,6 +55,10 @@ def test_one_sub_run_per_seed_resumable_and_compared(bench, tmp_path: Path, caps
         assert sorted(r["route_id"] for r in all_records(out / f"seed_{seed}")) == [
             f"RouteScenario_{i}_rep0" for i in (1, 2, 3)]
         assert any(f"--agent-config={derived}+extra" in s["argv"] for s in starts)
+        # Each completed sub-run is scored, with its intervals.
+        intervals = json.loads((out / f"seed_{seed}" / "score" / "intervals.json").read_text())
+        assert intervals["resamples"] == 10_000 and intervals["routes"] == 3
+        assert intervals["metrics"]["driving_score"]["value"] == pytest.approx((11 + 12 + 13) / 3)
     routes_run = len([e for e in bench.events() if e["event"] == "route_start"])
     assert routes_run == 6
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from bench2drive_eval.metrics import INFRACTION_LABELS, Metrics  # noqa: E402
 
 if TYPE_CHECKING:
+    from bench2drive_eval.bootstrap import RunIntervals
     from bench2drive_eval.compare import Comparison
 
 Interval = "tuple[float | None, float | None] | None"
@@ -91,15 +92,22 @@ def _grouped_bars(ax: "plt.Axes", names: Sequence[str], series: Sequence[Sequenc
     ax.set_xticklabels(names, rotation=rotation, ha="right" if rotation else "center", fontsize=8)
 
 
-def abilities(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike) -> Path:
-    """Ability success rates (and their mean) per run; 'n/a' where not computable."""
+def abilities(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike,
+              intervals: "Sequence[RunIntervals] | None" = None) -> Path:
+    """Ability success rates (and their mean) per run; 'n/a' where not computable; with `intervals` (one
+    bootstrap result per run, bench2drive_eval.bootstrap.run_intervals) as error bars."""
     partial = any(m.ability_mean is None for m in runs)
     # Without maps Traffic_Signs is n/a; then the last bar is the mean of the computable abilities, labelled so.
     names = list(runs[0].abilities) + ["Mean of computable" if partial else "Mean"]
     series = [[m.abilities[n] for n in names[:-1]] + [m.ability_mean_of_computable if partial else m.ability_mean]
               for m in runs]
+    bounds = None
+    if intervals is not None:
+        keys = [*names[:-1], "ability_mean_of_computable" if partial else "ability_mean"]
+        bounds = [[next(((m.low, m.high) for m in result.metrics if m.metric == key), None) for key in keys]
+                  for result in intervals]
     fig, ax = plt.subplots(figsize=(8, 4))
-    _grouped_bars(ax, names, series, labels)
+    _grouped_bars(ax, names, series, labels, intervals=bounds)
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Abilities" + (" (n/a: not computable, see the notes)" if partial else ""))

@@ -125,3 +125,22 @@ def test_failure_while_writing_leaves_the_old_output(tmp_path, files, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0]
     assert sorted(p.name for p in out.iterdir()) == ["compare.md"] and (out / "compare.md").read_text() == "old"
+
+
+def test_single_run_ability_plot_takes_error_bars(tmp_path, files):
+    import matplotlib.image
+
+    from bench2drive_eval import plots
+    from bench2drive_eval.bootstrap import BootstrapSettings, run_intervals
+    from bench2drive_eval.metrics import compute_metrics
+    from bench2drive_eval.results import load_run
+    from bench2drive_eval.routes import load_routes
+
+    routes = load_routes(files["routes"])
+    merged = load_run(files["moe"])
+    metrics = compute_metrics(merged, routes=routes)
+    intervals = run_intervals("moe", merged, metrics, BootstrapSettings(resamples=500), routes, "v0.0.3")
+    plain = plots.abilities([metrics], ["moe"], tmp_path / "plain.png")
+    with_bars = plots.abilities([metrics], ["moe"], tmp_path / "bars.png", intervals=[intervals])
+    a, b = matplotlib.image.imread(plain), matplotlib.image.imread(with_bars)
+    assert a.shape == b.shape and (a != b).any()  # the error bars are drawn

@@ -60,8 +60,13 @@ class BootstrapSettings:
         if not isinstance(self.confidence, float) or not math.isfinite(self.confidence) or not 0.5 <= self.confidence < 1.0:
             raise BootstrapError(f"--confidence must be a number in [0.5, 1), got {self.confidence!r}")
 
+    @property
+    def level(self) -> str:
+        """The confidence level as a percentage: '95%', '97.5%'."""
+        return f"{round(self.confidence * 100, 6):g}%"
+
     def describe(self) -> str:
-        return (f"{self.confidence:.0%} intervals: {METHOD}, {self.resamples} resamples, seed {self.seed}")
+        return f"{self.level} intervals: {METHOD}, {self.resamples} resamples, seed {self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": METHOD, "resamples": self.resamples, "seed": self.seed, "confidence": self.confidence}
@@ -117,6 +122,24 @@ def junction_lookup_for(carla_root: str | None) -> CachedLookup | None:
 
     return CachedLookup(JunctionChecker(carla_root))
 
+
+class _WithoutProgressBar:
+    """The same lookup, for the one-route calls: compute_abilities shows its junction progress bar only for a
+    truthy lookup, and hundreds of one-route bars would bury the real one."""
+
+    def __init__(self, lookup: JunctionLookup) -> None:
+        self._lookup = lookup
+        self.planner_note = getattr(lookup, "planner_note", None)
+
+    def __call__(self, route: Route) -> "tuple[int, int] | None":
+        return self._lookup(route)
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def _quiet(lookup: JunctionLookup | None) -> JunctionLookup | None:
+    return None if lookup is None else _WithoutProgressBar(lookup)
 
 
 def route_universe(runs: Sequence[MergedResults], routes: Mapping[str, Route] | None,
@@ -203,7 +226,7 @@ class RunTable:
         for row, draw in enumerate(tqdm(indices, desc=f"bootstrap {self.label} (exact path)", unit="resample",
                                         leave=False, disable=None)):
             metrics = compute_metrics(*resampled_run(self, draw), benchmark=self.benchmark,
-                                      junction_lookup=self.junction_lookup)
+                                      junction_lookup=_quiet(self.junction_lookup))
             for j, name in enumerate(self.names):
                 value = point_value(metrics, name)
                 out[row, j] = np.nan if value is None else value
@@ -240,7 +263,8 @@ def run_table(label: str, merged: MergedResults, point: Metrics, universe: Mappi
     for i, unit in enumerate(units):
         records = tuple(by_unit.get(unit, ()))
         alone = compute_metrics(MergedResults(records=records, sources=(), by_key={r.route_key: r for r in records}),
-                                routes={unit: universe[unit]}, benchmark=benchmark, junction_lookup=junction_lookup)
+                                routes={unit: universe[unit]}, benchmark=benchmark,
+                                junction_lookup=_quiet(junction_lookup))
         for j, name in enumerate(route_cols):
             value = getattr(alone, name)
             numerators[i, j], denominators[i, j] = (0.0, 0.0) if value is None else (value, 1.0)
@@ -417,7 +441,7 @@ class GroupComparison:
                 "metrics": {k: v.to_dict() for k, v in self.metrics.items()}, "notes": list(self.notes)}
 
 
-def verdict(low: float | None, high: float | None, label_a: str, label_b: str, confidence: float,
+def verdict(low: float | None, high: float | None, label_a: str, label_b: str, level: str,
             delta: float, spreads: Sequence[float | None]) -> str:
     """Plain words; every metric here is better when higher (the penalty is a factor, 1 = no infraction)."""
     if low is None or high is None:
@@ -427,7 +451,7 @@ def verdict(low: float | None, high: float | None, label_a: str, label_b: str, c
     elif high < 0:
         text = f"{label_a} better"
     else:
-        return f"no detectable difference at {confidence:.0%}"
+        return f"no detectable difference at {level}"
     largest = max((s for s in spreads if s is not None), default=None)
     if largest is not None and abs(delta) <= largest:
         text += " (but the gap is within the seed-to-seed spread)"
@@ -455,7 +479,7 @@ def compare_groups(tables_a: Sequence[RunTable], tables_b: Sequence[RunTable], l
             name, a, b, b.value - a.value, low, high,
             share_b_better=float((diff[defined] > 1e-12).sum() / n_defined),
             share_tie=float((np.abs(diff[defined]) <= 1e-12).sum() / n_defined),
-            verdict=verdict(low, high, label_a, label_b, settings.confidence, b.value - a.value, (a.spread, b.spread)),
+            verdict=verdict(low, high, label_a, label_b, settings.level, b.value - a.value, (a.spread, b.spread)),
         )
     notes = _notes(tables)
     dropped = [n for n in {*tables_a[0].names, *tables_b[0].names} if n not in names]

@@ -209,7 +209,7 @@ def metric_table(c: Comparison, rows: dict[str, tuple[float | None, float | None
     """Values, intervals, difference with its interval, share of resamples B > A, verdict, seed spread."""
     headers = [first_header, c.label_a, c.label_b, "delta"]
     if c.intervals is not None:
-        conf = f"{c.intervals.settings.confidence:.0%}"
+        conf = c.intervals.settings.level
         headers = [first_header, c.label_a, f"{conf} CI", c.label_b, f"{conf} CI", "delta", f"{conf} CI of delta",
                    f"P({c.label_b} > {c.label_a})", "verdict"]
         if c.grouped:

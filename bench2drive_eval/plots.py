@@ -199,7 +199,7 @@ def ability_bars(c: "Comparison", path: str | os.PathLike) -> Path:
                   intervals=intervals if c.intervals is not None else None, run_values=runs)
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 115)
-    title = "Abilities" + (f" with {c.intervals.settings.confidence:.0%} intervals" if c.intervals else "")
+    title = "Abilities" + (f" with {c.intervals.settings.level} intervals" if c.intervals else "")
     ax.set_title(title + (" (n/a: not computable)" if partial else ""))
     ax.legend(loc="upper center", fontsize=8, ncol=3)
     return _save(fig, path)
@@ -229,7 +229,7 @@ def interval_comparison(c: "Comparison", path: str | os.PathLike) -> Path:
     _grouped_bars(left, headline, series, [c.label_a, c.label_b], rotation=0, intervals=bounds,
                   run_values=[[_runs_of(c, k, side) for k in headline] for side in (0, 1)])
     left.set_ylim(0, 120)
-    left.set_title(f"{c.label_a} and {c.label_b} ({c.intervals.settings.confidence:.0%} intervals)")
+    left.set_title(f"{c.label_a} and {c.label_b} ({c.intervals.settings.level} intervals)")
     left.legend(loc="upper center", fontsize=8, ncol=3)
     names = [k for k in metrics if k != "efficiency"]
     ys = list(range(len(names)))

@@ -193,16 +193,20 @@ def compare_runs(group_a: list[LoadedRun], group_b: list[LoadedRun], label_a: st
                       tuple(r.label for r in group_a), tuple(r.label for r in group_b), intervals, tuple(notes))
 
 
-def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
+# The infraction penalty is a factor around 0.7-0.8: two decimals would hide its differences.
+DIGITS = {"infraction_penalty": 3}
 
 
-def _ci(low: float | None, high: float | None) -> str:
-    return "" if low is None or high is None else f"[{low:.2f}, {high:.2f}]"
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
 
 
-def _spread(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
+def _ci(low: float | None, high: float | None, digits: int = 2) -> str:
+    return "" if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _spread(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def metric_table(c: Comparison, rows: dict[str, tuple[float | None, float | None]], first_header: str) -> str:
@@ -216,18 +220,18 @@ def metric_table(c: Comparison, rows: dict[str, tuple[float | None, float | None
             headers += [f"seed spread {c.label_a}", f"seed spread {c.label_b}"]
     table = []
     for key, (a, b) in rows.items():
-        interval = c.interval(key)
+        interval, d = c.interval(key), DIGITS.get(key, 2)
         if c.intervals is None:
-            table.append([key, fmt(a), fmt(b), _signed(_delta(a, b))])
+            table.append([key, fmt(a, d), fmt(b, d), _signed(_delta(a, b), d)])
             continue
         if interval is None:
-            row = [key, fmt(a), "", fmt(b), "", _signed(_delta(a, b)), "", "", "no interval (not computable)"]
+            row = [key, fmt(a, d), "", fmt(b, d), "", _signed(_delta(a, b), d), "", "", "no interval (not computable)"]
         else:
-            row = [key, fmt(a), _ci(interval.a.low, interval.a.high), fmt(b), _ci(interval.b.low, interval.b.high),
-                   _signed(interval.delta), _ci(interval.low, interval.high), f"{interval.share_b_better:.1%}",
-                   interval.verdict]
+            row = [key, fmt(a, d), _ci(interval.a.low, interval.a.high, d), fmt(b, d),
+                   _ci(interval.b.low, interval.b.high, d), _signed(interval.delta, d), _ci(interval.low, interval.high, d),
+                   f"{interval.share_b_better:.1%}", interval.verdict]
         if c.grouped:
-            row += ["", ""] if interval is None else [_spread(interval.a.spread), _spread(interval.b.spread)]
+            row += ["", ""] if interval is None else [_spread(interval.a.spread, d), _spread(interval.b.spread, d)]
         table.append(row)
     return markdown_table(headers, table)
 
@@ -239,7 +243,7 @@ def _runs_table(c: Comparison) -> str:
     rows = []
     for key, interval in c.intervals.metrics.items():
         values = [*(interval.a.runs or (interval.a.value,)), *(interval.b.runs or (interval.b.value,))]
-        rows.append([key, *(f"{v:.2f}" for v in values)])
+        rows.append([key, *(f"{v:.{DIGITS.get(key, 2)}f}" for v in values)])
     return markdown_table(["metric", *labels], rows)
 
 

@@ -144,3 +144,31 @@ def test_single_run_ability_plot_takes_error_bars(tmp_path, files):
     with_bars = plots.abilities([metrics], ["moe"], tmp_path / "bars.png", intervals=[intervals])
     a, b = matplotlib.image.imread(plain), matplotlib.image.imread(with_bars)
     assert a.shape == b.shape and (a != b).any()  # the error bars are drawn
+
+
+def test_metrics_refuses_a_multi_seed_folder_instead_of_mixing_seeds(tmp_path, files, capsys):
+    group = multi_seed_folder(tmp_path / "seeds", {0: files["bf16"], 1: files["fp32"]})
+    assert cli_main(["metrics", str(group), "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "multi-seed run folder" in err[0] and str(group) in err[0]
+    assert cli_main(["metrics", str(group / "seed_1"), "--bootstrap", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["driving_score"] == pytest.approx(65.85, abs=0.005)
+
+
+def test_docs_table_is_what_the_code_computes(files):
+    """docs/evaluation-metrics.md's intervals for the files in ../shared (10k resamples, seed 0): a run's own
+    interval depends only on the draws, so it is the same in every comparison over the 220 routes."""
+    from bench2drive_eval.bootstrap import BootstrapSettings, run_intervals
+    from bench2drive_eval.metrics import compute_metrics
+    from bench2drive_eval.results import load_run
+    from bench2drive_eval.routes import load_routes
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "evaluation-metrics.md").read_text()
+    routes = load_routes(files["routes"])
+    for key in ("moe", "bf16", "fp32"):
+        merged = load_run(files[key])
+        intervals = run_intervals(key, merged, compute_metrics(merged, routes=routes), BootstrapSettings(), routes,
+                                  "v0.0.3")
+        for m in intervals.metrics:
+            if m.metric in ("driving_score", "success_rate"):
+                assert f"{m.value:.2f} [{m.low:.2f}, {m.high:.2f}]" in docs, (key, m)

@@ -12,8 +12,10 @@ import sys
 from bench2drive_eval.jsonio import JSONFileError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "metrics": ("bench2drive_eval.metrics_cli", "score result JSONs exactly like Bench2Drive's tools"),
-    "compare": ("bench2drive_eval.compare", "per-route and per-ability deltas between two runs"),
+    "metrics": ("bench2drive_eval.metrics_cli", "score result JSONs exactly like Bench2Drive's tools, with "
+                                                "confidence intervals"),
+    "compare": ("bench2drive_eval.compare", "two runs or groups of runs (seeds): intervals, verdicts, per-route "
+                                            "flips"),
     "report": ("bench2drive_eval.report", "a Markdown report with plots for one run"),
     "run": ("bench2drive_eval.runner", "run routes unattended across GPUs (or SLURM), with resume"),
     "status": ("bench2drive_eval.status", "progress of a run folder, from its files"),

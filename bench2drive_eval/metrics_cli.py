@@ -7,6 +7,7 @@ import io
 import sys
 from pathlib import Path
 
+from bench2drive_eval import bootstrap
 from bench2drive_eval.jsonio import dumps_strict, write_texts_atomic
 from bench2drive_eval.metrics import Metrics, compute_metrics, format_metrics
 from bench2drive_eval.results import MergedResults, load_run, record_to_json
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "junction check")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     parser.add_argument("--out", help="folder to write metrics.json, metrics.txt, per_route.csv and merged.json")
+    bootstrap.add_arguments(parser)  # confidence intervals (i15)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -63,8 +65,9 @@ def merged_json(merged: MergedResults, metrics: Metrics) -> dict:
     }
 
 
-def write_outputs(out: str | Path, merged: MergedResults, metrics: Metrics) -> list[Path]:
-    """Write metrics.json, metrics.txt, per_route.csv, merged.json into `out`, all or nothing.
+def write_outputs(out: str | Path, merged: MergedResults, metrics: Metrics,
+                  intervals: bootstrap.RunIntervals | None = None) -> list[Path]:
+    """Write metrics.json, metrics.txt, per_route.csv, merged.json (+ intervals.json) into `out`, all or nothing.
 
     A read-only or full location (or a number that is not finite) raises FileWriteError naming the file
     and the reason; no file in `out` is then changed.
@@ -76,6 +79,9 @@ def write_outputs(out: str | Path, merged: MergedResults, metrics: Metrics) -> l
         out / "per_route.csv": per_route_csv(metrics),
         out / "merged.json": dumps_strict(merged_json(merged, metrics), out / "merged.json", indent=4),
     }
+    if intervals is not None:
+        path = out / bootstrap.INTERVALS_FILE
+        files[path] = dumps_strict(intervals.to_dict(), path, indent=2)
     write_texts_atomic(files)
     return list(files)
 
@@ -85,12 +91,13 @@ def main(args: argparse.Namespace) -> int:
     merged = load_run(args.paths)
     metrics = compute_metrics(merged, routes=args.routes, benchmark=args.benchmark,
                               carla_root=args.carla_root, save_path=args.save_path)
+    intervals = bootstrap.single_run_intervals(args, merged, metrics)  # None with --bootstrap 0
     if args.json:
-        print(dumps_strict(metrics.to_dict(), "stdout"))
+        print(dumps_strict(metrics.to_dict() | bootstrap.json_part(intervals), "stdout"))
     else:
-        print(format_metrics(metrics))
+        print(format_metrics(metrics) + bootstrap.text_part(intervals))
     if args.out:
-        written = write_outputs(args.out, merged, metrics)
+        written = write_outputs(args.out, merged, metrics, intervals)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr if args.json else sys.stdout)
     for error in metrics.errors:
         print(f"bench2drive-eval metrics: input problem: {error}", file=sys.stderr)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
@@ -11,6 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from bench2drive_eval.metrics import INFRACTION_LABELS, Metrics  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench2drive_eval.bootstrap import RunIntervals
+    from bench2drive_eval.compare import Comparison
+
+Interval = "tuple[float | None, float | None] | None"
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 SUCCESS_COLOR, FAIL_COLOR = "#2ca02c", "#d62728"
@@ -46,30 +52,62 @@ def score_distribution(metrics: Metrics, path: str | os.PathLike, title: str = "
     return _save(fig, path)
 
 
+def _error_bars(values: Sequence[float | None], intervals: Sequence[Interval]) -> list[list[float]]:
+    """Matplotlib's yerr (distance below, above) from (low, high) intervals; NaN draws no bar."""
+    below, above = [], []
+    for value, interval in zip(values, intervals):
+        if value is None or interval is None or interval[0] is None or interval[1] is None:
+            below.append(float("nan"))
+            above.append(float("nan"))
+        else:
+            below.append(max(value - interval[0], 0.0))
+            above.append(max(interval[1] - value, 0.0))
+    return [below, above]
+
+
 def _grouped_bars(ax: "plt.Axes", names: Sequence[str], series: Sequence[Sequence[float | None]],
-                  labels: Sequence[str], rotation: int = 20) -> None:
+                  labels: Sequence[str], rotation: int = 20,
+                  intervals: Sequence[Sequence[Interval]] | None = None,
+                  run_values: Sequence[Sequence[Sequence[float]]] | None = None) -> None:
+    """Bars per name and series, value on top; with `intervals`, error bars from each (low, high); with
+    `run_values`, the value of each run of a group as a dot on its bar (the seed-to-seed spread)."""
     width = 0.8 / max(len(series), 1)
     for i, (values, label) in enumerate(zip(series, labels)):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
         heights = [0.0 if v is None else v for v in values]
-        bars = ax.bar(xs, heights, width, label=label, color=COLORS[i % len(COLORS)])
-        for bar, value in zip(bars, values):
+        yerr = None if intervals is None else _error_bars(values, intervals[i])
+        bars = ax.bar(xs, heights, width, label=label, color=COLORS[i % len(COLORS)], yerr=yerr,
+                      error_kw={"ecolor": "black", "capsize": 3, "elinewidth": 1})
+        for j, (bar, value) in enumerate(zip(bars, values)):
             text = "n/a" if value is None else f"{value:.1f}"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+            top = bar.get_height() if yerr is None or yerr[1][j] != yerr[1][j] else bar.get_height() + yerr[1][j]
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top), ha="center", va="bottom",
                         fontsize=7, xytext=(0, 2), textcoords="offset points")
+            runs = run_values[i][j] if run_values is not None else ()
+            if len(runs) > 1:
+                ax.plot([bar.get_x() + bar.get_width() / 2] * len(runs), runs, "o", color="white",
+                        markeredgecolor="black", markersize=4, zorder=3,
+                        label="one run of a group" if i == 0 and j == 0 else None)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=rotation, ha="right" if rotation else "center", fontsize=8)
 
 
-def abilities(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike) -> Path:
-    """Ability success rates (and their mean) per run; 'n/a' where not computable."""
+def abilities(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike,
+              intervals: "Sequence[RunIntervals] | None" = None) -> Path:
+    """Ability success rates (and their mean) per run; 'n/a' where not computable; with `intervals` (one
+    bootstrap result per run, bench2drive_eval.bootstrap.run_intervals) as error bars."""
     partial = any(m.ability_mean is None for m in runs)
     # Without maps Traffic_Signs is n/a; then the last bar is the mean of the computable abilities, labelled so.
     names = list(runs[0].abilities) + ["Mean of computable" if partial else "Mean"]
     series = [[m.abilities[n] for n in names[:-1]] + [m.ability_mean_of_computable if partial else m.ability_mean]
               for m in runs]
+    bounds = None
+    if intervals is not None:
+        keys = [*names[:-1], "ability_mean_of_computable" if partial else "ability_mean"]
+        bounds = [[next(((m.low, m.high) for m in result.metrics if m.metric == key), None) for key in keys]
+                  for result in intervals]
     fig, ax = plt.subplots(figsize=(8, 4))
-    _grouped_bars(ax, names, series, labels)
+    _grouped_bars(ax, names, series, labels, intervals=bounds)
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Abilities" + (" (n/a: not computable, see the notes)" if partial else ""))
@@ -135,4 +173,77 @@ def route_scatter(a: Metrics, b: Metrics, label_a: str, label_b: str, path: str 
     ax.set_ylim(-3, 103)
     ax.set_title("Per-route driving score")
     ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def ability_bars(c: "Comparison", path: str | os.PathLike) -> Path:
+    """Ability success rates of both groups (a group: the mean over its runs) with their intervals."""
+    names = list(c.abilities)
+    partial = any(v is None for pair in c.abilities.values() for v in pair)
+    mean_key = "ability_mean_of_computable" if partial else "ability_mean"
+    series, intervals, runs = [], [], []
+    for side in (0, 1):
+        values = [c.abilities[n][side] for n in names]
+        computable = [v for v in values if v is not None]
+        values.append(sum(computable) / len(computable) if computable else None)
+        series.append(values)
+        bounds = []
+        for n in [*names, mean_key]:
+            interval = c.interval(n)
+            group = None if interval is None else (interval.a if side == 0 else interval.b)
+            bounds.append(None if group is None else (group.low, group.high))
+        intervals.append(bounds)
+        runs.append([_runs_of(c, n, side) for n in [*names, mean_key]])
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    _grouped_bars(ax, [*names, "Mean of computable" if partial else "Mean"], series, [c.label_a, c.label_b],
+                  intervals=intervals if c.intervals is not None else None, run_values=runs)
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(0, 115)
+    title = "Abilities" + (f" with {c.intervals.settings.level} intervals" if c.intervals else "")
+    ax.set_title(title + (" (n/a: not computable)" if partial else ""))
+    ax.legend(loc="upper center", fontsize=8, ncol=3)
+    return _save(fig, path)
+
+
+def _runs_of(c: "Comparison", metric: str, side: int) -> tuple[float, ...]:
+    interval = c.interval(metric)
+    if interval is None:
+        return ()
+    return (interval.a if side == 0 else interval.b).runs
+
+
+# Shown in the difference panel, on one percentage-point axis (the penalty factor scaled by 100).
+DIFFERENCE_SCALE = {"infraction_penalty": 100.0}
+
+
+def interval_comparison(c: "Comparison", path: str | os.PathLike) -> Path:
+    """Left: DS, SR and route completion of both groups with intervals. Right: B - A of every metric with its
+    interval against 0 (green: B better, red: A better, grey: no detectable difference)."""
+    assert c.intervals is not None
+    metrics = c.intervals.metrics
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.4]})
+    headline = [k for k in ("driving_score", "success_rate", "route_completion") if k in metrics]
+    series = [[metrics[k].a.value for k in headline], [metrics[k].b.value for k in headline]]
+    bounds = [[(metrics[k].a.low, metrics[k].a.high) for k in headline],
+              [(metrics[k].b.low, metrics[k].b.high) for k in headline]]
+    _grouped_bars(left, headline, series, [c.label_a, c.label_b], rotation=0, intervals=bounds,
+                  run_values=[[_runs_of(c, k, side) for k in headline] for side in (0, 1)])
+    left.set_ylim(0, 120)
+    left.set_title(f"{c.label_a} and {c.label_b} ({c.intervals.settings.level} intervals)")
+    left.legend(loc="upper center", fontsize=8, ncol=3)
+    names = [k for k in metrics if k != "efficiency"]
+    ys = list(range(len(names)))
+    for y, name in zip(ys, names):
+        d, scale = metrics[name], DIFFERENCE_SCALE.get(name, 1.0)
+        if d.low is None or d.high is None:
+            continue
+        color = SUCCESS_COLOR if d.low > 0 else FAIL_COLOR if d.high < 0 else "#7f7f7f"
+        right.plot([d.low * scale, d.high * scale], [y, y], color=color, linewidth=2.5)
+        right.plot([d.delta * scale], [y], "o", color=color)
+    right.axvline(0.0, color="black", linewidth=0.8)
+    right.set_yticks(ys)
+    right.set_yticklabels([f"{n} x100" if n in DIFFERENCE_SCALE else n for n in names], fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel(f"{c.label_b} - {c.label_a} (points)")
+    right.set_title(f"Difference, {c.intervals.settings.resamples} paired resamples over routes")
     return _save(fig, path)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from bench2drive_eval.cli import EvalError
 from bench2drive_eval.jsonio import JSONFileError, read_json
 
 ROUTE_ID_PATTERN = re.compile(r"^RouteScenario_(?P<id>[^_]+)_rep(?P<rep>\d+)$")
@@ -211,6 +212,10 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[P
     run_folders: list[Path] = []
     for given in paths:
         path = Path(given)
+        if path.is_dir() and (path / "seeds.json").is_file():
+            # A `run --seeds` folder: merging its sub-runs would mix the seeds route by route (see seeds.py).
+            raise EvalError(f"{path}: a multi-seed run folder; score one {path}/seed_<n> at a time, or compare "
+                            "it as a group (bench2drive-eval compare --a/--b)")
         if path.is_dir() and (path / RUN_STATE_FILE).is_file() and (path / RUN_RESULTS_DIR).is_dir():
             # A `bench2drive-eval run` folder: its split results live in results/; the rest is bookkeeping.
             notes.append(f"{path}: run folder, reading its {RUN_RESULTS_DIR}/ only")

@@ -71,6 +71,8 @@ class RunConfig:
     python: str = "python"
     track: str = "SENSORS"
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    # The `seed` written into this sub-run's agent YAML by `run --seeds` (None: a single run, the YAML as given).
+    agent_seed: int | None = None
 
     @property
     def evaluator(self) -> Path:
@@ -112,6 +114,7 @@ class RunConfig:
                 python=str(data["python"]),
                 track=str(data.get("track", "SENSORS")),
                 slurm=SlurmOptions(**{**data.get("slurm", {}), "extra_args": tuple(data.get("slurm", {}).get("extra_args", ()))}),
+                agent_seed=None if data.get("agent_seed") is None else int(data["agent_seed"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"run configuration is malformed ({type(error).__name__}: {error})") from None

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     paths.add_argument("--agent", type=Path, help="agent module, e.g. agent/drivemoe_agent.py")
     paths.add_argument("--agent-config", default=None, help="passed to the agent's setup() (path, optionally '+extra')")
     paths.add_argument("--python", default=None, help="interpreter for the upstream evaluator (default: this one)")
+    paths.add_argument("--seeds", default=None,
+                       help="agent seeds, e.g. 0,1,2: one resumable sub-run per seed in OUT/seed_<n>/, the agent "
+                            "YAML's `seed` set for each (see docs/evaluation-runner.md)")
     slots = parser.add_argument_group("where")
     slots.add_argument("--gpus", default=None, help="comma-separated GPU indices, e.g. 0,1,2,3 (default 0)")
     slots.add_argument("--jobs-per-gpu", type=int, default=None, help="CARLA+agent jobs per GPU (default 1)")
@@ -155,6 +158,7 @@ def new_config(args: argparse.Namespace) -> RunConfig:
         backend=_pick(args.backend, "local"),
         python=_pick(args.python, sys.executable),
         slurm=_slurm(args, SlurmOptions()),
+        agent_seed=getattr(args, "agent_seed", None),
     )
     return check_numbers(config)
 
@@ -233,6 +237,7 @@ def resumed_config(args: argparse.Namespace, run: RunState) -> RunConfig:
         backend=_pick(args.backend, old.backend),
         python=_pick(args.python, old.python),
         slurm=_slurm(args, old.slurm),
+        agent_seed=old.agent_seed,
     )
     if not config.agent.is_file():
         raise RunArgumentError(f"--agent: file not found: {config.agent}")
@@ -333,6 +338,7 @@ def drive_locally(layout: RunLayout, run: RunState, drivers: list[JobDriver], sh
 def score_run(layout: RunLayout, run: RunState, benchmark: str | None) -> None:
     """Merge and score with the scoring module; the run itself is complete whatever happens here."""
     try:
+        from bench2drive_eval import bootstrap
         from bench2drive_eval.metrics import compute_metrics, format_metrics
         from bench2drive_eval.metrics_cli import write_outputs
         from bench2drive_eval.results import load_run
@@ -346,18 +352,35 @@ def score_run(layout: RunLayout, run: RunState, benchmark: str | None) -> None:
         benchmark = "v0.0.4" if "0.0.4" in run.config.routes_file.name else "v0.0.3"
     try:
         merged = load_run([layout.results])
-        metrics = compute_metrics(merged, routes=routes, benchmark=benchmark, carla_root=run.config.carla_root,
+        # One cached junction check for the score and its intervals (each route traced once).
+        lookup = bootstrap.junction_lookup_for(str(run.config.carla_root))
+        metrics = compute_metrics(merged, routes=routes, benchmark=benchmark, junction_lookup=lookup,
                                   save_path=layout.save_path if layout.save_path.is_dir() else None)
-        written = write_outputs(layout.root / "score", merged, metrics)
+        intervals = bootstrap.run_intervals(str(layout.root), merged, metrics, bootstrap.BootstrapSettings(), routes,
+                                            benchmark, lookup)
+        written = write_outputs(layout.root / "score", merged, metrics, intervals)
     except (ValueError, OSError) as error:
         print(f"bench2drive-eval run: scoring failed ({error}); score later with: "
               f"bench2drive-eval metrics {layout.results} --routes {run.config.routes_file}", file=sys.stderr)
         return
-    print(format_metrics(metrics))
+    print(format_metrics(metrics) + bootstrap.text_part(intervals))
     print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench2drive_eval import seeds
+
+    if args.job_index is None and (args.seeds is not None or (args.out / seeds.SEEDS_FILE).is_file()):
+        try:
+            return seeds.run_seeds(args, run_one)
+        except (seeds.SeedsError, JSONFileError) as error:
+            print(f"bench2drive-eval run: error: {error}", file=sys.stderr)
+            return 2
+    return run_one(args)
+
+
+def run_one(args: argparse.Namespace) -> int:
+    """One run folder: prepare (or resume) it, drive its jobs, score it."""
     with contextlib.ExitStack() as stack:
         try:
             existing = RunLayout(args.out.resolve())

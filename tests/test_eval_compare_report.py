@@ -77,12 +77,22 @@ def test_compare_cli_writes_table_and_plots(tmp_path, files, runs, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     pi0, moe = runs
-    assert f"| driving_score | {pi0.driving_score:.2f} | {moe.driving_score:.2f} | +{moe.driving_score - pi0.driving_score:.2f} |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| driving_score |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{pi0.driving_score:.2f}" and cells[3] == f"{moe.driving_score:.2f}"
+    assert cells[5] == f"+{moe.driving_score - pi0.driving_score:.2f}" and cells[8] == "DriveMoE better"
+    low, high = (float(x) for x in cells[6].strip("[]").split(", "))
+    assert 0 < low < moe.driving_score - pi0.driving_score < high
+    assert "10000 resamples, seed 0; 220 routes" in text
     assert "Routes that became successes with DriveMoE (50)" in text
     data = json.loads((out / "compare.json").read_text())
     assert data["headline"]["success_rate"]["delta"] == pytest.approx(moe.success_rate - pi0.success_rate)
     assert (out / "compare.md").read_text().startswith("# DriveMoE vs Drive-pi0")
-    for name in ("compare_abilities.png", "compare_routes.png", "compare_infractions.png", "compare_towns.png"):
+    assert data["headline"]["driving_score"]["delta_low"] == pytest.approx(low, abs=0.005)
+    assert data["bootstrap"] == {"method": "paired percentile bootstrap over route ids", "resamples": 10000,
+                                 "seed": 0, "confidence": 0.95, "routes": 220}
+    for name in ("compare_abilities.png", "compare_routes.png", "compare_infractions.png", "compare_towns.png",
+                 "compare_intervals.png"):
         assert_real_png(out / name)
     rows = (out / "compare_routes.csv").read_text().splitlines()
     assert len(rows) == 221 and sum(",fail->success," in r for r in rows) == 50

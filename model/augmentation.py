@@ -251,3 +251,26 @@ def augment_stages(image_u8: np.ndarray, params: AugmentationParams) -> dict[str
 def augment(image_u8: np.ndarray, params: AugmentationParams) -> np.ndarray:
     """uint8 [H, W, 3] RGB -> augmented uint8 [H, W, 3], equal to the authors' TF augment_image."""
     return augment_stages(image_u8, params)["final_u8"]
+
+
+class TestTimeAugmentation:
+    """Callable PreparedImage -> augmented PreparedImage, one fresh parameter draw per image.
+
+    `seed=None` draws unseeded, as the authors' agent does (augment_image without a seed); an int
+    makes the sequence of draws reproducible (`seeded_noise`).
+    """
+
+    __test__ = False  # not a pytest class despite the name
+
+    def __init__(self, config: AugmentationConfig = AugmentationConfig(), seed: int | None = None) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, image: "PreparedImage") -> "PreparedImage":
+        from model.image_preprocessing import PreparedImage
+
+        hwc = np.ascontiguousarray(image.chw.transpose(1, 2, 0))
+        out = augment(hwc, sample_params(self.rng, self.config))
+        chw = np.ascontiguousarray(out.transpose(2, 0, 1))
+        chw.setflags(write=False)
+        return PreparedImage(chw=chw, camera=image.camera)

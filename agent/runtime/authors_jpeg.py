@@ -1,7 +1,7 @@
 """The authors' JPEG round trip with its channel-order quirk (`jpeg_channels: authors_swapped`).
 
 Their agent converts the BGRA camera frame to RGB and hands that RGB array to `cv2.imencode`, which
-takes BGR (src/agent/team_code/drivemoe_carla_agent.py:214-235); the decoded array is used as RGB.
+takes BGR (src/agent/team_code/drivemoe_carla_agent.py:214-234); the decoded array is used as RGB.
 The JPEG colour transform therefore sees R and B swapped: the chroma subsampling and quantisation
 fall on the wrong channels. Against the correct round trip this moves pixels by 0.5-1.1 grey levels
 on average, up to 9-19 (the issue's measurement on the sample frames). The `default` preset uses the

@@ -20,8 +20,10 @@ ticks the policy runs on a lazy camera Mapping (front first, then only the camer
 the controller turns the waypoints into a control, and a trace line is written. In between, the last
 control is held. During the first `initial_brake_ticks` ticks the control sent is a full brake.
 `inference_start` says when the model runs: `first_tick` (default) on ticks 0, 2, 4, ... (during the
-brake too, so the trace is continuous); `after_initial_brake` (the authors' schedule,
-drivemoe_carla_agent.py:277-286) not at all during the brake and then on ticks 11, 13, 15, ...
+brake too, so the trace is continuous; the controller is not stepped while the brake is sent, so its
+integrators start from zero and the first non-brake control is the one computed after the brake);
+`after_initial_brake` (the authors' schedule, drivemoe_carla_agent.py:277-286) not at all during the
+brake and then on ticks 11, 13, 15, ...
 The previous-front image is always the front of the tick `inference_interval` ticks back: the prepared
 front of the previous inference when there was one, else that tick's raw frame prepared now.
 """
@@ -197,13 +199,14 @@ class AgentStack:
                 waypoints = waypoints.astype(np.float64)
         except (TypeError, ValueError):
             waypoints = np.empty((0,))
-        if waypoints.ndim == 2 and waypoints.shape[0] >= 2 and np.all(np.isfinite(waypoints)):
+        if initial_brake:  # the PIDs only integrate controls that are sent, so nothing winds up while braking
+            command = BRAKE
+        elif waypoints.ndim == 2 and waypoints.shape[0] >= 2 and np.all(np.isfinite(waypoints)):
             command = self.controller.step(waypoints, measurements.speed, dt=dt)
         else:  # never crash the route on a bad prediction: brake and say so
             LOGGER.warning("frame %d: policy returned unusable waypoints %r; braking", self.frame, waypoints.shape)
             command = BRAKE
-        self._last_control = command
-        sent = BRAKE if initial_brake else command
+        self._last_control = sent = command
         if FRONT in images.accessed:  # this front becomes CAM_FRONT_PREVIOUS of the next inference
             self._previous_front = images.prepared(FRONT)
             self._previous_front_tick = self.frame

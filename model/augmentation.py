@@ -85,10 +85,10 @@ def sample_params(rng: np.random.Generator, config: AugmentationConfig = Augment
     return params_from_uniforms(*(float(v) for v in u), config=config)
 
 
-# ---- the five ops (TF CPU kernels), each on float32 [H, W, 3] ------------------------------------
-def crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+# ---- the five ops (TF CPU kernels), each on a planar float32 [3, H, W] image --------------------
+def crop_and_resize(planes: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """tf.image.crop_and_resize(bilinear, extrapolation 0) of one box back to the image's size."""
-    height, width = image.shape[:2]
+    channels, height, width = planes.shape
     y1, x1, y2, x2 = (F32(v) for v in box)
 
     def sample_points(low: np.float32, high: np.float32, size: int) -> np.ndarray:
@@ -100,124 +100,113 @@ def crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float]) -
     in_x = sample_points(x1, x2, width)
     valid_y = (in_y >= 0) & (in_y <= height - 1)
     valid_x = (in_x >= 0) & (in_x <= width - 1)
-    top = np.clip(np.floor(in_y), 0, height - 1).astype(np.int64)
-    bottom = np.clip(np.ceil(in_y), 0, height - 1).astype(np.int64)
-    left = np.clip(np.floor(in_x), 0, width - 1).astype(np.int64)
-    right = np.clip(np.ceil(in_x), 0, width - 1).astype(np.int64)
-    ly = (in_y - np.floor(in_y)).astype(F32)[:, None, None]
-    lx = (in_x - np.floor(in_x)).astype(F32)[None, :, None]
-    tl, tr = image[top][:, left], image[top][:, right]
-    bl, br = image[bottom][:, left], image[bottom][:, right]
+    top = np.clip(np.floor(in_y), 0, height - 1).astype(np.intp)
+    bottom = np.clip(np.ceil(in_y), 0, height - 1).astype(np.intp)
+    left = np.clip(np.floor(in_x), 0, width - 1).astype(np.intp)
+    right = np.clip(np.ceil(in_x), 0, width - 1).astype(np.intp)
+    ly = (in_y - np.floor(in_y)).astype(F32)[:, None]
+    lx = (in_x - np.floor(in_x)).astype(F32)[None, :]
+    flat = planes.reshape(channels, height * width)
+
+    def gather(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return flat[:, (rows[:, None] * width + cols[None, :]).ravel()].reshape(channels, height, width)
+
+    tl, tr, bl, br = gather(top, left), gather(top, right), gather(bottom, left), gather(bottom, right)
     upper = tl + (tr - tl) * lx  # horizontal first, as the kernel does
     lower = bl + (br - bl) * lx
     out = (upper + (lower - upper) * ly).astype(F32)
-    out[~valid_y] = 0
-    out[:, ~valid_x] = 0
+    out[:, ~valid_y] = 0
+    out[:, :, ~valid_x] = 0
     return out
 
 
-def channel_means(image: np.ndarray) -> np.ndarray:
+def channel_means(planes: np.ndarray) -> np.ndarray:
     """Per-channel mean over all pixels, summed in float32 by repeated halving like TF's reduction."""
-    s = image.reshape(-1, image.shape[-1]).astype(F32, copy=True)
-    n = s.shape[0]
+    s = planes.reshape(planes.shape[0], -1).astype(F32, copy=True)
+    n = s.shape[1]
     while n > 1:
         r = n // 2
         left = n - r
-        s[:r] += s[left:left + r]  # an odd middle row (index r when left > r) is carried over
+        s[:, :r] += s[:, left:left + r]  # an odd middle element (index r when left > r) is carried over
         n = left
-    return (s[0] * F32(1.0 / image.shape[0] / image.shape[1])).astype(F32)
+    return (s[:, 0] * F32(1.0 / (planes.shape[1] * planes.shape[2]))).astype(F32)
 
 
-def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
-    mean = channel_means(image)
-    return (mean + F32(factor) * (image - mean)).astype(F32)
+def adjust_contrast(planes: np.ndarray, factor: float) -> np.ndarray:
+    mean = channel_means(planes)[:, None, None]
+    return (mean + F32(factor) * (planes - mean)).astype(F32)
 
 
 def _rgb_to_hsv(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     v = np.maximum(r, np.maximum(g, b))
-    span = (v - np.minimum(r, np.minimum(g, b))).astype(F32)
+    span = v - np.minimum(r, np.minimum(g, b))
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(v > 0, span / v, F32(0)).astype(F32)
-        norm = (F32(1) / (F32(6) * span)).astype(F32)
-        # the 2/6 and 4/6 offsets are added in double, then rounded to float32
-        h = np.where(
-            r == v,
-            norm * (g - b),
-            np.where(
-                g == v,
-                ((norm * (b - r)).astype(np.float64) + 2.0 / 6.0).astype(F32),
-                ((norm * (r - g)).astype(np.float64) + 4.0 / 6.0).astype(F32),
-            ),
-        ).astype(F32)
+        s = np.where(v > 0, span / v, F32(0))
+        norm = F32(1) / (F32(6) * span)
+        # TF tests r == max first, then g; the 2/6 and 4/6 offsets are added in double, then rounded
+        h = np.where(g == v, ((norm * (b - r)).astype(np.float64) + 2.0 / 6.0).astype(F32),
+                     ((norm * (r - g)).astype(np.float64) + 4.0 / 6.0).astype(F32))
+        h = np.where(r == v, norm * (g - b), h)
     h = np.where(span <= 0, F32(0), h)
-    h = np.where(h < 0, h + F32(1), h).astype(F32)
+    h = np.where(h < 0, h + F32(1), h)
     return h, s, v
 
 
+# hsv_to_rgb: per sextant k, which of (c, x, 0) each output channel takes; k = 6 (h == 1) gives black
+_HSV_ROLES = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1], [2, 1, 0], [1, 2, 0], [0, 2, 1], [2, 2, 2]])
+
+
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    c = (s * v).astype(F32)
-    m = (v - c).astype(F32)
-    dh = (h * F32(6)).astype(F32)
-    category = dh.astype(np.int64)  # C++ static_cast<int>: truncation
-    fold = np.where(dh <= 0, dh + F32(2), dh).astype(F32)
+    c = s * v
+    m = v - c
+    dh = h * F32(6)
+    category = np.clip(dh.astype(np.intp), 0, 6)  # C++ static_cast<int>: truncation
+    fold = np.where(dh <= 0, dh + F32(2), dh)
     while np.any(fold >= 2):
-        fold = np.where(fold >= 2, fold - F32(2), fold).astype(F32)
-    x = (c * (F32(1) - np.abs(fold - F32(1)))).astype(F32)
-    zero = np.zeros_like(c)
-    table = {  # category -> (R, G, B) before adding m
-        0: (c, x, zero), 1: (x, c, zero), 2: (zero, c, x), 3: (zero, x, c), 4: (x, zero, c), 5: (c, zero, x),
-    }
-    out = np.zeros(c.shape + (3,), dtype=F32)
-    for k, channels in table.items():
-        mask = category == k
-        for i, channel in enumerate(channels):
-            out[..., i] = np.where(mask, channel, out[..., i])
-    return (out + m[..., None]).astype(F32)
+        fold = np.where(fold >= 2, fold - F32(2), fold)
+    x = c * (F32(1) - np.abs(fold - F32(1)))
+    choices = (c, x, np.zeros_like(c))
+    return np.stack([np.choose(_HSV_ROLES[:, i][category], choices) + m for i in range(3)]).astype(F32)
 
 
-def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
-    h, s, v = _rgb_to_hsv(image[..., 0], image[..., 1], image[..., 2])
-    s = np.clip((s * F32(factor)).astype(F32), F32(0), F32(1))
+def adjust_saturation(planes: np.ndarray, factor: float) -> np.ndarray:
+    h, s, v = _rgb_to_hsv(planes[0], planes[1], planes[2])
+    s = np.clip(s * F32(factor), F32(0), F32(1))
     return _hsv_to_rgb(h, s, v)
 
 
-def adjust_hue(image: np.ndarray, delta: float) -> np.ndarray:
+# hue: the channel holding the middle value per category k (the max and the min are the channel max / min)
+_HUE_MID_CHANNEL = np.array([1, 0, 2, 1, 0, 2])
+# hv_range_to_rgb: per category, which of (max, mid, min) each output channel takes
+_HUE_ROLES = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1], [2, 1, 0], [1, 2, 0], [0, 2, 1]])
+
+
+def adjust_hue(planes: np.ndarray, delta: float) -> np.ndarray:
     """TF's hue kernel: hue in [0, 6) from the sorted channels, shifted, mapped back (no HSV round trip)."""
-    r, g, b = image[..., 0], image[..., 1], image[..., 2]
-    r_lt_g = r < g
+    r, g, b = planes[0], planes[1], planes[2]
     category = np.where(
-        r_lt_g,
+        r < g,
         np.where(b < r, 1, np.where(b > g, 3, 2)),
         np.where(b < g, 0, np.where(b > r, 4, 5)),
     )
-    high_by_k = {0: r, 1: g, 2: g, 3: b, 4: b, 5: r}
-    mid_by_k = {0: g, 1: r, 2: b, 3: g, 4: r, 5: b}
-    low_by_k = {0: b, 1: b, 2: r, 3: r, 4: g, 5: g}
-    high = np.select([category == k for k in range(6)], [high_by_k[k] for k in range(6)]).astype(F32)
-    mid = np.select([category == k for k in range(6)], [mid_by_k[k] for k in range(6)]).astype(F32)
-    low = np.select([category == k for k in range(6)], [low_by_k[k] for k in range(6)]).astype(F32)
+    high = np.maximum(r, np.maximum(g, b))
+    low = np.minimum(r, np.minimum(g, b))
+    mid = np.choose(_HUE_MID_CHANNEL[category], (r, g, b))
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = ((mid - low) / (high - low)).astype(F32)
-    increase = (category & 1) == 0
-    h = np.where(increase, category.astype(F32) + ratio, category.astype(F32) + (F32(1) - ratio)).astype(F32)
+        ratio = (mid - low) / (high - low)
+    h = np.where((category & 1) == 0, category.astype(F32) + ratio, category.astype(F32) + (F32(1) - ratio))
     h = np.where(high == low, F32(0), h).astype(F32)
-    h = (h + F32(F32(delta) * F32(6))).astype(F32)
+    h = h + F32(F32(delta) * F32(6))
     while np.any(h < 0):
-        h = np.where(h < 0, h + F32(6), h).astype(F32)
+        h = np.where(h < 0, h + F32(6), h)
     while np.any(h >= 6):
-        h = np.where(h >= 6, h - F32(6), h).astype(F32)
-    k = h.astype(np.int64)
-    t = (h - k.astype(F32)).astype(F32)
-    t = np.where((k & 1) == 0, t, F32(1) - t).astype(F32)
-    new_mid = (low + t * (high - low)).astype(F32)
-    order = {  # k -> (R, G, B)
-        0: (high, new_mid, low), 1: (new_mid, high, low), 2: (low, high, new_mid),
-        3: (low, new_mid, high), 4: (new_mid, low, high), 5: (high, low, new_mid),
-    }
-    out = np.empty(image.shape, dtype=F32)
-    for i in range(3):
-        out[..., i] = np.select([k == j for j in range(6)], [order[j][i] for j in range(6)]).astype(F32)
-    return out
+        h = np.where(h >= 6, h - F32(6), h)
+    k = h.astype(np.intp)
+    t = h - k.astype(F32)
+    t = np.where((k & 1) == 0, t, F32(1) - t)
+    new_mid = low + t * (high - low)
+    choices = (high, new_mid, low)
+    return np.stack([np.choose(_HUE_ROLES[:, i][k], choices) for i in range(3)]).astype(F32)
 
 
 def to_float(image_u8: np.ndarray) -> np.ndarray:
@@ -229,11 +218,11 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def augment_stages(image_u8: np.ndarray, params: AugmentationParams) -> dict[str, np.ndarray]:
-    """Every stage of `augment` (each after its clip), for checks against TF's intermediates."""
+    """Every stage of `augment` as [H, W, 3] (each after its clip), for checks against TF's intermediates."""
     if image_u8.dtype != np.uint8 or image_u8.ndim != 3 or image_u8.shape[2] != 3:
         raise ValueError(f"augment expects a uint8 [H, W, 3] RGB image, got {image_u8.dtype} {image_u8.shape}")
     stages: dict[str, np.ndarray] = {}
-    x = to_float(image_u8)
+    x = np.ascontiguousarray(to_float(image_u8).transpose(2, 0, 1))  # planar: contiguous channel planes
     ops = (
         ("crop", lambda v: crop_and_resize(v, params.box)),
         ("brightness", lambda v: (v + F32(params.brightness_delta)).astype(F32)),
@@ -243,8 +232,8 @@ def augment_stages(image_u8: np.ndarray, params: AugmentationParams) -> dict[str
     )
     for name, op in ops:
         x = np.clip(op(x), F32(0), F32(1)).astype(F32)
-        stages[name] = x
-    stages["final_u8"] = to_uint8(x)
+        stages[name] = x.transpose(1, 2, 0)
+    stages["final_u8"] = np.ascontiguousarray(to_uint8(x).transpose(1, 2, 0))
     return stages
 
 

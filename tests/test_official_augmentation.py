@@ -51,7 +51,7 @@ def test_every_case_equals_tensorflow_at_every_stage(fixture):
                 # one float32 ulp anywhere in the image moves the sum by > 1e-8; summation order by < 1e-10
                 np.testing.assert_allclose(stages[name].astype(np.float64).sum(axis=(0, 1)),
                                            expected[f"{key}/{name}_fullsum_f64"], rtol=0, atol=1e-9, err_msg=f"{key} {name} sum")
-            np.testing.assert_array_equal(channel_means(stages["brightness"]), expected[f"{key}/contrast_mean_f32"])
+            np.testing.assert_array_equal(channel_means(stages["brightness"].transpose(2, 0, 1)), expected[f"{key}/contrast_mean_f32"])
             np.testing.assert_array_equal(stages["final_u8"][rows, cols], expected[f"{key}/final_u8"], err_msg=key)
             np.testing.assert_array_equal(stages["final_u8"].astype(np.int64).sum(axis=(0, 1)), expected[f"{key}/final_u8_fullsum"])
             full = expected.get(f"{key}/final_u8_full")

@@ -103,7 +103,7 @@ def test_preset_switches_list_every_switch_with_its_value():
     ("inference_start", "later", ["inference_start", "later"]),
     ("jpeg_channels", "bgr", ["jpeg_channels", "bgr"]),
     ("controller", {"aim_origin": "wp3"}, ["controller.aim_origin", "wp3"]),
-    ("controller", {"standstill_speed": float("nan")}, ["controller.standstill_speed", "nan"]),
+    ("controller", {"steer_standstill_speed": float("nan")}, ["controller.steer_standstill_speed", "nan"]),
     ("controller", {"min_aim_norm": -1.0}, ["controller.min_aim_norm", "-1.0"]),
 ])
 def test_new_switches_are_validated(field, value, words):

@@ -63,7 +63,7 @@ class ControllerConfig:
     aim_fast_speed: float = 5.5
     aim_origin: str = "first_waypoint"  # distances and angle from wp0 (first_waypoint) or from the car (ego)
     min_aim_norm: float = 0.5  # aim vectors shorter than this (collapsed prediction) steer straight
-    standstill_speed: float = 0.01  # m/s; below it the steering error fed to the PID is 0 (no wind-up)
+    steer_standstill_speed: float = 0.01  # m/s; below it the steering error fed to the PID is 0 (no wind-up)
     brake_speed: float = 0.1  # brake when the desired speed is below this
     brake_ratio: float = 1.1  # ... or when speed / desired speed exceeds this
     clip_delta: float = 0.25  # speed error fed to the PID is clipped to [0, clip_delta]
@@ -199,7 +199,7 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
             raise AgentConfigError(f"{source}: field {name!r} must be >= 1, got {value}")
     non_negative = {
         "controller.min_aim_norm": config.controller.min_aim_norm,
-        "controller.standstill_speed": config.controller.standstill_speed,
+        "controller.steer_standstill_speed": config.controller.steer_standstill_speed,
         "controller.initial_brake_ticks": config.controller.initial_brake_ticks,
     }
     for name, value in non_negative.items():

@@ -13,7 +13,7 @@ Lateral: aim at the first waypoint at least `aim_distance_slow` (or `aim_distanc
 desired speed is high) away, else the last one; angle = atan2(y, x) in degrees / 90 into a PID.
 `aim_origin` says what "away" and the angle are measured from: `first_waypoint` (wp0, the predicted
 current position; the aim vector is wp - wp0) or `ego` (the car's origin; the authors' src/utils/pid.py:59-66).
-Below `standstill_speed` (and for aim vectors shorter than `min_aim_norm`) the angle fed to the PID is 0,
+Below `steer_standstill_speed` (and for aim vectors shorter than `min_aim_norm`) the angle fed to the PID is 0,
 so the integrator does not wind up while the car stands (pid.py:67-69).
 The waypoints keep the dtype the policy returns (float32): the desired speed, the aim search and
 the angle are computed in it, as the authors' numpy code does, so the replay matches to float32 rounding.
@@ -131,7 +131,7 @@ class Controller:
 
         fast = desired >= cfg.aim_fast_speed
         aim = aim_point(wp, cfg.aim_distance_fast if fast else cfg.aim_distance_slow, cfg.aim_origin)
-        if speed < cfg.standstill_speed or math.hypot(aim[0], aim[1]) < cfg.min_aim_norm:
+        if speed < cfg.steer_standstill_speed or math.hypot(aim[0], aim[1]) < cfg.min_aim_norm:
             angle = 0.0  # standing, or no direction to follow when the prediction collapses to a point
         else:
             angle = float(np.degrees(np.arctan2(aim[1], aim[0])) / 90.0)

@@ -24,13 +24,19 @@ def test_checkpoint_and_device_alone_are_a_complete_config(tmp_path):
     assert not config.test_time_augmentation and config.seeded_noise
     assert config.history_mode == "current_10hz" and config.desired_speed_mode == "half_second"
     assert config.controller.creep.enabled and config.planner.min_distance == 7.5
+    assert config.inference_start == "first_tick" and config.theta_wrap and config.jpeg_channels == "rgb"
+    assert config.planner.plan == "sparse" and config.controller.aim_origin == "first_waypoint"
 
 
 def test_official_preset_sets_the_authors_behaviour_and_yaml_overrides_it(tmp_path):
     config = load_agent_config(write(tmp_path, "checkpoint: /m\npreset: official\n"))
     assert config.test_time_augmentation and not config.seeded_noise
     assert config.history_mode == "official_offset" and config.desired_speed_mode == "official"
-    assert not config.controller.creep.enabled and config.dtype == "bfloat16"
+    # closed_loop.yaml has use_bf16: False: the authors' agent runs float32
+    assert not config.controller.creep.enabled and config.dtype == "float32"
+    assert config.inference_start == "after_initial_brake" and not config.theta_wrap
+    assert config.jpeg_channels == "authors_swapped" and config.planner.plan == "dense"
+    assert config.controller.aim_origin == "ego" and config.controller.min_aim_norm == 0.0
     overridden = load_agent_config(
         write(tmp_path, "checkpoint: /m\npreset: official\nseeded_noise: true\ncontroller:\n  speed_pid:\n    kp: 3\n")
     )
@@ -80,3 +86,29 @@ def test_evaluator_argument_takes_config_before_first_plus_and_last_save_name():
 def test_shipped_configs_load(name):
     config = load_agent_config(REPO / "configs" / "agent" / name)
     assert config.preset == name.removesuffix(".yaml")
+
+
+def test_preset_switches_list_every_switch_with_its_value():
+    from agent.runtime.config import PRESET_VALUES, agent_config_from_dict, preset_switches
+
+    assert set(PRESET_VALUES["default"]) == set(PRESET_VALUES["official"])  # each switch in both presets
+    config = agent_config_from_dict({"checkpoint": "/m", "preset": "official", "planner": {"plan": "sparse"}})
+    header = preset_switches(config)
+    assert header["preset"] == "official" and header["switches"]["planner"] == {"plan": "sparse"}  # YAML wins
+    assert header["switches"]["controller"]["creep"] == {"enabled": False}
+    assert set(header["switches"]) == set(PRESET_VALUES["official"])
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("inference_start", "later", ["inference_start", "later"]),
+    ("jpeg_channels", "bgr", ["jpeg_channels", "bgr"]),
+    ("controller", {"aim_origin": "wp3"}, ["controller.aim_origin", "wp3"]),
+    ("controller", {"steer_standstill_speed": float("nan")}, ["controller.steer_standstill_speed", "nan"]),
+    ("controller", {"min_aim_norm": -1.0}, ["controller.min_aim_norm", "-1.0"]),
+])
+def test_new_switches_are_validated(field, value, words):
+    from agent.runtime.config import agent_config_from_dict
+
+    with pytest.raises(AgentConfigError) as error:
+        agent_config_from_dict({"checkpoint": "/m", field: value}, source="cfg.yaml")
+    assert all(word in str(error.value) for word in words + ["cfg.yaml"])

@@ -78,3 +78,31 @@ def test_no_creep_when_moving_or_when_motion_is_predicted():
 def test_bad_waypoints_raise_value_error():
     with pytest.raises(ValueError, match="waypoints"):
         Controller(ControllerConfig()).step(np.full((10, 2), np.nan), speed=0.0)
+
+
+def test_aim_origin_first_waypoint_vs_ego():
+    # a trajectory that starts 1 m to the right of the car and runs straight ahead
+    wp = np.stack([np.arange(10) * 1.0, np.full(10, 1.0)], axis=1)
+    np.testing.assert_allclose(aim_point(wp, 5.5, "first_waypoint"), [6.0, 0.0])  # wp6 - wp0: straight
+    np.testing.assert_allclose(aim_point(wp, 5.5, "ego"), [6.0, 1.0])  # first |wp| >= 5.5 is wp6 (6.08 m)
+    default = Controller(ControllerConfig()).step(wp, speed=5.0)
+    authors = Controller(ControllerConfig(aim_origin="ego", min_aim_norm=0.0)).step(wp, speed=5.0)
+    assert default.steer == pytest.approx(0.0) and authors.steer > 0.1  # the authors steer to the offset line
+    with pytest.raises(ValueError, match="aim origin"):
+        aim_point(wp, 5.5, "wp3")
+
+
+@pytest.mark.parametrize("speed, fed", [(0.0, False), (0.009, False), (0.01, True), (1.0, True)])
+def test_steering_error_is_zero_below_the_standstill_speed(speed, fed):
+    wp = arc(3.0, 0.3)  # a right curve, aim vector well above min_aim_norm
+    controller = Controller(ControllerConfig())
+    command = controller.step(wp, speed=speed)
+    assert (controller.last_angle != 0.0) is fed and (command.steer != 0.0) is fed
+    assert controller.turn_pid.terms[0] == controller.last_angle
+
+
+def test_float32_waypoints_keep_their_dtype_in_the_authors_arithmetic():
+    wp = (arc(8.0, 0.05) + 0.0123).astype(np.float32)
+    desired = desired_speed_from_waypoints(wp, "official")
+    assert desired == float(np.linalg.norm(wp[7] - wp[0]) * 2.0)  # float32 norm, as src/utils/pid.py:43
+    assert aim_point(wp, 8.5, "ego").dtype == np.float32

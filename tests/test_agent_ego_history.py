@@ -61,3 +61,17 @@ def test_theta_and_command_signs():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="history mode"):
         EgoHistoryBuffer(5, "future")
+
+
+def test_theta_unwrapped_for_the_official_preset_jumps_by_two_pi_at_north():
+    wrapped, unwrapped = EgoHistoryBuffer(5, "official_offset"), EgoHistoryBuffer(5, "official_offset", wrap_theta=False)
+    for tick in range(12):  # heading sweeps clockwise across north (compass 2pi -> 0)
+        compass = (2 * math.pi - 0.05 + 0.01 * tick) % (2 * math.pi)
+        wrapped.push(record(tick, compass=compass))
+        unwrapped.push(record(tick, compass=compass))
+    current = (2 * math.pi - 0.05 + 0.11) % (2 * math.pi)
+    steps = [(2 * math.pi - 0.05 + 0.01 * t) % (2 * math.pi) for t in (2, 4, 6, 8, 10)]
+    assert unwrapped.history().theta.tolist() == pytest.approx([s - current for s in steps])
+    assert unwrapped.history().theta[0] == pytest.approx(2 * math.pi - 0.09)  # the authors' 2pi jump
+    assert wrapped.history().theta.tolist() == pytest.approx([-0.09, -0.07, -0.05, -0.03, -0.01])
+    assert unwrapped.history().command_far.tolist() == wrapped.history().command_far.tolist()

@@ -192,10 +192,14 @@ def test_agent_under_the_evaluator_calling_sequence(tmp_path, tiny_checkpoint, f
 
 
 def test_official_preset_runs_with_augmentation_and_default_is_deterministic(tmp_path, tiny_checkpoint, frames, monkeypatch):
-    official = make_agent(tmp_path / "o", tiny_checkpoint, "preset: official\ndtype: float32\n", save=False, monkeypatch=monkeypatch)
+    official = make_agent(tmp_path / "o", tiny_checkpoint, "preset: official\n", save=False, monkeypatch=monkeypatch)
     assert official.stack._augment is not None
-    controls = run_ticks(official, frames, 4)
-    assert len(controls) == 4 and official.stack.inferences == 2
+    controls = run_ticks(official, frames, 15)
+    # the authors' schedule: brake without a model call on ticks 0-10, then the model on ticks 11 and 13
+    assert len(controls) == 15 and official.stack.inferences == 2
+    assert all(c.brake == 1.0 for c in controls[:11])
+    images = official.stack.last_images
+    assert not np.array_equal(images[FRONT].chw, images.prepared(FRONT).chw)  # augmented when served
     official.destroy()
 
     waypoints = []

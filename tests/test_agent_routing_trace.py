@@ -88,3 +88,16 @@ def test_metric_info_is_written_at_checkpoints_and_close_in_bench2drive_format(t
     data = json.loads(path.read_text())
     assert list(data) == ["0", "1", "2", "3"] and data["3"]["location"] == [3, 0, 0]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_header_records_the_preset_and_every_switch_value(tmp_path):
+    from agent.runtime.config import PRESET_VALUES, agent_config_from_dict
+
+    config = agent_config_from_dict({"checkpoint": "m", "preset": "default", "theta_wrap": False})
+    writer = TraceWriter(tmp_path)
+    writer.write_header({"name": "tiny"}, config.to_dict(), "r")
+    writer.close()
+    header = json.loads((tmp_path / "trace_header.json").read_text())
+    assert header["preset"]["preset"] == "default"
+    assert set(header["preset"]["switches"]) == set(PRESET_VALUES["default"])
+    assert header["preset"]["switches"]["theta_wrap"] is False  # the value used, not the preset's

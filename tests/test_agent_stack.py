@@ -82,3 +82,28 @@ def test_inference_interval_from_config():
     stack, policy, ref = make_stack(inference_interval=3)
     inferred = [stack.tick(tick_data(t, ref), t * 0.05).inferred for t in range(7)]
     assert inferred == [True, False, False, True, False, False, True]
+
+
+def test_after_initial_brake_schedule_calls_nothing_during_the_brake_and_uses_the_front_of_t_minus_2():
+    stack, policy, ref = make_stack(inference_start="after_initial_brake", jpeg_quality=None,
+                                    controller={"initial_brake_ticks": 11})
+    steps, original_step = [], stack.controller.step
+    stack.controller.step = lambda *a, **k: steps.append(stack.frame) or original_step(*a, **k)
+    outputs = [stack.tick(tick_data(t, ref), t * 0.05) for t in range(16)]
+    assert [t for t, o in enumerate(outputs) if o.inferred] == [11, 13, 15] and steps == [11, 13, 15]
+    assert all(o.control.brake == 1.0 and not o.inferred for o in outputs[:11])
+    assert outputs[12].control == outputs[11].control  # held
+    # first call: the history front is tick 9's raw frame, prepared on demand; then the previous call's front
+    previous, front = policy.previous_seen[0]
+    assert int(previous[2, 0, 0]) == 9 * 10 % 256 and int(front[2, 0, 0]) == 11 * 10 % 256
+    assert np.array_equal(policy.previous_seen[1][0], policy.previous_seen[0][1])
+
+
+def test_default_schedule_runs_the_model_during_the_brake_but_not_the_controller():
+    stack, policy, ref = make_stack(jpeg_quality=None)
+    steps, original_step = [], stack.controller.step
+    stack.controller.step = lambda *a, **k: steps.append(stack.frame) or original_step(*a, **k)
+    outputs = [stack.tick(tick_data(t, ref), t * 0.05) for t in range(15)]
+    assert [t for t, o in enumerate(outputs) if o.inferred] == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert steps == [12, 14]  # no PID wind-up while the brake is sent
+    assert all(o.control.brake == 1.0 for o in outputs[:12]) and outputs[12].control.brake == 0.0

@@ -7,6 +7,7 @@ docs/agent-config.md; every difference between the presets in docs/conventions.m
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,9 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 HISTORY_MODES: tuple[str, ...] = ("current_10hz", "official_offset")
 DESIRED_SPEED_MODES: tuple[str, ...] = ("half_second", "official")
 PLAN_SOURCES: tuple[str, ...] = ("sparse", "dense")
+INFERENCE_STARTS: tuple[str, ...] = ("first_tick", "after_initial_brake")
+JPEG_CHANNELS: tuple[str, ...] = ("rgb", "authors_swapped")
+AIM_ORIGINS: tuple[str, ...] = ("first_waypoint", "ego")
 
 
 class AgentConfigError(ValueError):
@@ -57,7 +61,9 @@ class ControllerConfig:
     aim_distance_slow: float = 5.5  # aim at the first waypoint at least this far ...
     aim_distance_fast: float = 8.5  # ... or this far when the desired speed is at least `aim_fast_speed`
     aim_fast_speed: float = 5.5
-    min_aim_norm: float = 0.5  # aim vectors shorter than this (standing still) steer straight
+    aim_origin: str = "first_waypoint"  # distances and angle from wp0 (first_waypoint) or from the car (ego)
+    min_aim_norm: float = 0.5  # aim vectors shorter than this (collapsed prediction) steer straight
+    steer_standstill_speed: float = 0.01  # m/s; below it the steering error fed to the PID is 0 (no wind-up)
     brake_speed: float = 0.1  # brake when the desired speed is below this
     brake_ratio: float = 1.1  # ... or when speed / desired speed exceeds this
     clip_delta: float = 0.25  # speed error fed to the PID is clipped to [0, clip_delta]
@@ -74,7 +80,7 @@ class ControllerConfig:
 class PlannerConfig:
     """Route planner: which plan to follow and the pop / look-ahead distances (metres)."""
 
-    plan: Literal["sparse", "dense"] = "sparse"  # sparse: the leaderboard's ~50 m plan, as the authors
+    plan: Literal["sparse", "dense"] = "sparse"  # sparse: the leaderboard's ~50 m plan; dense: 1 m (the authors)
     min_distance: float = 7.5
     max_distance: float = 25.0
 
@@ -98,6 +104,7 @@ class AgentConfig:
     dtype: str = "float32"
     preset: str = "default"
     inference_interval: int = 2  # ticks (20 Hz) between model calls; the last control is held in between
+    inference_start: str = "first_tick"  # or after_initial_brake: no model / PID during the initial brake
     seed: int = 0
     jpeg_quality: int | None = 20  # None: the frames are already dataset JPEGs (replay), no second round trip
     jpeg_decode_scale: int = 1  # 2: half-resolution JPEG decode, ~2.5x cheaper, not bit-exact
@@ -106,6 +113,8 @@ class AgentConfig:
     test_time_augmentation: bool = False
     seeded_noise: bool = True
     history_mode: str = "current_10hz"
+    theta_wrap: bool = True  # ego-history heading differences wrapped into [-pi, pi)
+    jpeg_channels: str = "rgb"  # authors_swapped: the JPEG round trip sees R and B swapped, as in their agent
     desired_speed_mode: str = "half_second"
     controller: ControllerConfig = ControllerConfig()
     planner: PlannerConfig = PlannerConfig()
@@ -116,23 +125,43 @@ class AgentConfig:
 
 
 # The values each preset sets; a YAML value for the same key wins.
+# Every switch appears in both presets; docs/conventions.md gives the evidence for each value.
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     "default": {
+        "dtype": "float32",
+        "inference_start": "first_tick",
         "test_time_augmentation": False,
         "seeded_noise": True,
         "history_mode": "current_10hz",
+        "theta_wrap": True,
+        "jpeg_channels": "rgb",
         "desired_speed_mode": "half_second",
-        "controller": {"creep": {"enabled": True}},
+        "controller": {"aim_origin": "first_waypoint", "min_aim_norm": 0.5, "creep": {"enabled": True}},
+        "planner": {"plan": "sparse"},
     },
     "official": {
-        "dtype": "bfloat16",
+        "dtype": "float32",
+        "inference_start": "after_initial_brake",
         "test_time_augmentation": True,
         "seeded_noise": False,
         "history_mode": "official_offset",
+        "theta_wrap": False,
+        "jpeg_channels": "authors_swapped",
         "desired_speed_mode": "official",
-        "controller": {"creep": {"enabled": False}},
+        "controller": {"aim_origin": "ego", "min_aim_norm": 0.0, "creep": {"enabled": False}},
+        "planner": {"plan": "dense"},
     },
 }
+
+
+def preset_switches(config: "AgentConfig | dict[str, Any]") -> dict[str, Any]:
+    """The preset name and the value of every switch a preset sets (for the trace header)."""
+    values = config.to_dict() if isinstance(config, AgentConfig) else config
+
+    def pick(template: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+        return {k: pick(v, source[k]) if isinstance(v, dict) else source[k] for k, v in template.items()}
+
+    return {"preset": values["preset"], "switches": pick(PRESET_VALUES[values["preset"]], values)}
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +181,9 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
         "history_mode": (config.history_mode, HISTORY_MODES),
         "desired_speed_mode": (config.desired_speed_mode, DESIRED_SPEED_MODES),
         "planner.plan": (config.planner.plan, PLAN_SOURCES),
+        "inference_start": (config.inference_start, INFERENCE_STARTS),
+        "jpeg_channels": (config.jpeg_channels, JPEG_CHANNELS),
+        "controller.aim_origin": (config.controller.aim_origin, AIM_ORIGINS),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:
@@ -165,6 +197,14 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
     for name, value in positive.items():
         if value < 1:
             raise AgentConfigError(f"{source}: field {name!r} must be >= 1, got {value}")
+    non_negative = {
+        "controller.min_aim_norm": config.controller.min_aim_norm,
+        "controller.steer_standstill_speed": config.controller.steer_standstill_speed,
+        "controller.initial_brake_ticks": config.controller.initial_brake_ticks,
+    }
+    for name, value in non_negative.items():
+        if not value >= 0 or not math.isfinite(value):
+            raise AgentConfigError(f"{source}: field {name!r} must be a finite number >= 0, got {value}")
     if config.jpeg_decode_scale not in (1, 2):
         raise AgentConfigError(f"{source}: field 'jpeg_decode_scale' must be 1 or 2, got {config.jpeg_decode_scale}")
     if config.jpeg_quality is not None and not 1 <= config.jpeg_quality <= 100:

@@ -11,6 +11,12 @@ clipped to [0, clip_delta], throttle clipped to [0, max_throttle]. Above a speed
 |steer| > threshold, else max speed) the throttle is limited to `capped_throttle`.
 Lateral: aim at the first waypoint at least `aim_distance_slow` (or `aim_distance_fast` when the
 desired speed is high) away, else the last one; angle = atan2(y, x) in degrees / 90 into a PID.
+`aim_origin` says what "away" and the angle are measured from: `first_waypoint` (wp0, the predicted
+current position; the aim vector is wp - wp0) or `ego` (the car's origin; the authors' src/utils/pid.py:59-66).
+Below `steer_standstill_speed` (and for aim vectors shorter than `min_aim_norm`) the angle fed to the PID is 0,
+so the integrator does not wind up while the car stands (pid.py:67-69).
+The waypoints keep the dtype the policy returns (float32): the desired speed, the aim search and
+the angle are computed in it, as the authors' numpy code does, so the replay matches to float32 rounding.
 Recovery (`creep`): after standing still for `after_s` with a stop predicted, drive with a fixed small
 throttle for `duration_s`, never above `max_speed`; then the standstill timer starts again.
 """
@@ -35,6 +41,7 @@ class PIDController:
         self.gains = gains
         self._window: deque[float] = deque([0.0] * gains.window, maxlen=gains.window)
         self._sum = 0.0
+        self.terms = (0.0, 0.0, 0.0)  # (error, integral, derivative) of the last step
 
     def step(self, error: float) -> float:
         error = float(error)
@@ -43,6 +50,7 @@ class PIDController:
         self._window.append(error)
         integral = self._sum / len(self._window)
         derivative = error - previous
+        self.terms = (error, integral, derivative)
         return self.gains.kp * error + self.gains.ki * integral + self.gains.kd * derivative
 
     def reset(self) -> None:
@@ -68,25 +76,36 @@ class ControlCommand:
 BRAKE = ControlCommand(steer=0.0, throttle=0.0, brake=1.0, desired_speed=0.0, aim=(0.0, 0.0))
 
 
+def _float_waypoints(waypoints: np.ndarray) -> np.ndarray:
+    wp = np.asarray(waypoints)
+    return wp if wp.dtype in (np.float32, np.float64) else wp.astype(np.float64)
+
+
 def desired_speed_from_waypoints(waypoints: np.ndarray, mode: str) -> float:
     """Target speed (m/s) implied by the waypoint spacing; see the module docstring for the modes."""
-    wp = np.asarray(waypoints, dtype=np.float64)
+    wp = _float_waypoints(waypoints)
     if mode == "official":
-        index, factor = 7, 2.0  # the authors' computation, kept for reproduction
+        index, factor = 7, 2.0  # the authors' computation (src/utils/pid.py:43), kept for reproduction
     elif mode == "half_second":
         index, factor = 5, 1.0 / (5 * WAYPOINT_DT)
     else:
         raise ValueError(f"unknown desired speed mode {mode!r}")
     index = min(index, wp.shape[0] - 1)
-    return math.hypot(wp[index, 0] - wp[0, 0], wp[index, 1] - wp[0, 1]) * factor
+    return float(np.linalg.norm(wp[index] - wp[0]) * factor)
 
 
-def aim_point(waypoints: np.ndarray, min_distance: float) -> np.ndarray:
-    """The first waypoint at least `min_distance` from the first (current) one, else the last."""
-    wp = np.asarray(waypoints, dtype=np.float64)
-    distance = np.linalg.norm(wp - wp[0], axis=1)
+def aim_point(waypoints: np.ndarray, min_distance: float, origin: str = "first_waypoint") -> np.ndarray:
+    """The aim vector: the first waypoint at least `min_distance` from the origin, else the last.
+
+    `first_waypoint`: distances from wp0 and the vector wp - wp0; `ego`: from (0, 0), the point itself.
+    """
+    if origin not in ("first_waypoint", "ego"):
+        raise ValueError(f"unknown aim origin {origin!r}")
+    wp = _float_waypoints(waypoints)
+    relative = wp - wp[0] if origin == "first_waypoint" else wp
+    distance = np.linalg.norm(relative, axis=1)
     far = np.nonzero(distance >= min_distance)[0]
-    return wp[far[0]] if far.size else wp[-1]
+    return relative[far[0]] if far.size else relative[-1]
 
 
 class Controller:
@@ -100,21 +119,23 @@ class Controller:
         self.standstill_s = 0.0
         self.creep_left_s = 0.0
         self.creep_events = 0
+        self.last_angle = 0.0  # the steering error of the last step (for traces and replays)
 
     def step(self, waypoints: np.ndarray, speed: float, dt: float = WAYPOINT_DT) -> ControlCommand:
         cfg = self.config
-        wp = np.asarray(waypoints, dtype=np.float64)
+        wp = _float_waypoints(waypoints)
         if wp.ndim != 2 or wp.shape[1] != 2 or wp.shape[0] < 2 or not np.all(np.isfinite(wp)):
             raise ValueError(f"waypoints must be a finite [H>=2, 2] array, got shape {wp.shape}")
         speed = float(speed) if math.isfinite(speed) else 0.0
         desired = desired_speed_from_waypoints(wp, self.desired_speed_mode)
 
         fast = desired >= cfg.aim_fast_speed
-        aim = aim_point(wp, cfg.aim_distance_fast if fast else cfg.aim_distance_slow) - wp[0]
-        if math.hypot(aim[0], aim[1]) < cfg.min_aim_norm:
-            angle = 0.0  # no direction to follow when the prediction collapses to a point
+        aim = aim_point(wp, cfg.aim_distance_fast if fast else cfg.aim_distance_slow, cfg.aim_origin)
+        if speed < cfg.steer_standstill_speed or math.hypot(aim[0], aim[1]) < cfg.min_aim_norm:
+            angle = 0.0  # standing, or no direction to follow when the prediction collapses to a point
         else:
-            angle = math.degrees(math.atan2(aim[1], aim[0])) / 90.0
+            angle = float(np.degrees(np.arctan2(aim[1], aim[0])) / 90.0)
+        self.last_angle = angle
         steer = min(max(self.turn_pid.step(angle), -1.0), 1.0)
 
         brake = desired < cfg.brake_speed or (desired > 0 and speed / desired > cfg.brake_ratio)

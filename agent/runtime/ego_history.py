@@ -10,10 +10,17 @@ ego_history_from_world_records); this module only chooses *which* ticks form the
   still the current tick's pose.
 
 Before enough ticks exist, the oldest record is repeated (the car stands still at the start).
+
+`wrap_theta=False` (preset official) keeps θ = compass_step − compass_current unwrapped, as the
+authors' agent (drivemoe_carla_agent.py:313) and their training windows compute it: a 2π jump when
+the heading crosses north (normalised about ±30, against the statistics' p01–p99 of −0.19…0.23).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
+
+import numpy as np
 
 from model.ego_state import EgoStateHistory, EgoWorldRecord, ego_history_from_world_records
 
@@ -23,13 +30,14 @@ TICKS_PER_STEP = 2  # 20 Hz simulation, 10 Hz history
 class EgoHistoryBuffer:
     """Collects one EgoWorldRecord per tick and builds the history the policy needs."""
 
-    def __init__(self, num_steps: int = 5, mode: str = "current_10hz") -> None:
+    def __init__(self, num_steps: int = 5, mode: str = "current_10hz", wrap_theta: bool = True) -> None:
         if mode not in ("current_10hz", "official_offset"):
             raise ValueError(f"unknown history mode {mode!r}; expected 'current_10hz' or 'official_offset'")
         if num_steps < 1:
             raise ValueError(f"history needs at least one step, got {num_steps}")
         self.num_steps = num_steps
         self.mode = mode
+        self.wrap_theta = wrap_theta
         # ticks back from the current one (0 = current), oldest first
         if mode == "current_10hz":
             self.offsets = tuple(TICKS_PER_STEP * k for k in range(num_steps - 1, -1, -1))
@@ -53,4 +61,9 @@ class EgoHistoryBuffer:
 
     def history(self) -> EgoStateHistory:
         """The model input for the current tick, in the current tick's ego frame."""
-        return ego_history_from_world_records(self.selected_records(), reference=self._queue[-1])
+        records = self.selected_records()
+        history = ego_history_from_world_records(records, reference=self._queue[-1])
+        if self.wrap_theta:
+            return history
+        current = self._queue[-1].compass
+        return dataclasses.replace(history, theta=np.array([r.compass - current for r in records], dtype=np.float64))

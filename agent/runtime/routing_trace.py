@@ -99,6 +99,18 @@ def trace_record(
     return record
 
 
+def _preset_switches(agent_config: dict[str, Any]) -> dict[str, Any] | None:
+    """{"preset": name, "switches": every switch the presets set, with its value in this run}."""
+    from agent.runtime.config import PRESET_VALUES, preset_switches
+
+    if not isinstance(agent_config, dict) or agent_config.get("preset") not in PRESET_VALUES:
+        return None
+    try:
+        return preset_switches(agent_config)
+    except KeyError:  # a partial config dict (tests, old callers): no switch summary
+        return None
+
+
 class TraceWriter:
     """Appends trace lines to <folder>/trace.jsonl, flushing each; writes the header once.
 
@@ -135,6 +147,7 @@ class TraceWriter:
                 "version": TRACE_VERSION,
                 "model": model,
                 "agent_config": agent_config,
+                "preset": _preset_switches(agent_config),
                 "cameras": [dataclasses.asdict(c) for c in BENCH2DRIVE_CAMERAS],
                 "save_name": save_name,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

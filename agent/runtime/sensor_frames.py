@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, MODEL_IMAGE_ORDER
+from agent.runtime.authors_jpeg import swapped_channel_jpeg_round_trip
 from model.image_preprocessing import PreparedImage, resize_like_torchvision_pil
 
 GNSS_ID = "GPS"
@@ -111,7 +112,8 @@ _REDUCED_DECODE = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
 def prepare_sensor_frame(
-    frame: np.ndarray, size: int, jpeg_quality: int | None, camera: str, decode_scale: int = 1
+    frame: np.ndarray, size: int, jpeg_quality: int | None, camera: str, decode_scale: int = 1,
+    jpeg_channels: str = "rgb",
 ) -> PreparedImage:
     """BGRA sensor frame -> PreparedImage, identical to prepare_camera_image(bgra_to_rgb(frame)).
 
@@ -124,6 +126,9 @@ def prepare_sensor_frame(
     if decode_scale not in _REDUCED_DECODE:
         raise ValueError(f"decode_scale must be 1 or 2, got {decode_scale}")
     array = np.ascontiguousarray(_check_frame(frame, camera))
+    if jpeg_channels == "authors_swapped" and jpeg_quality is not None:
+        rgb = swapped_channel_jpeg_round_trip(bgra_to_rgb(array, camera), int(jpeg_quality), decode_scale)
+        return _resized(rgb, size, camera)
     bgr = cv2.cvtColor(array, cv2.COLOR_BGRA2BGR) if array.shape[2] == 4 else array
     if jpeg_quality is not None:
         if not 1 <= int(jpeg_quality) <= 100:
@@ -132,7 +137,10 @@ def prepare_sensor_frame(
         if not ok:
             raise ValueError(f"camera {camera!r}: JPEG encoding failed for a frame of shape {bgr.shape}")
         bgr = cv2.imdecode(encoded, _REDUCED_DECODE[decode_scale])
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _resized(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, camera)
+
+
+def _resized(rgb: np.ndarray, size: int, camera: str) -> PreparedImage:
     chw = np.ascontiguousarray(resize_like_torchvision_pil(rgb, size).transpose(2, 0, 1))
     chw.setflags(write=False)
     return PreparedImage(chw=chw, camera=camera)
@@ -155,6 +163,7 @@ class LazyCameraImages(Mapping):
         augment: Callable[[PreparedImage], PreparedImage] | None = None,
         keys: tuple[str, ...] = MODEL_IMAGE_ORDER,
         decode_scale: int = 1,
+        jpeg_channels: str = "rgb",
     ) -> None:
         self._input = input_data
         self._size = image_size
@@ -163,6 +172,7 @@ class LazyCameraImages(Mapping):
         self._augment = augment
         self._keys = keys
         self._decode_scale = decode_scale
+        self._jpeg_channels = jpeg_channels
         self._prepared: dict[str, PreparedImage] = {}  # before augmentation
         self._served: dict[str, PreparedImage] = {}
         self.accessed: list[str] = []
@@ -188,7 +198,7 @@ class LazyCameraImages(Mapping):
             if name not in self._input:
                 raise KeyError(f"camera {name!r} is missing from this tick's sensor data")
             self._prepared[name] = prepare_sensor_frame(
-                self._input[name][1], self._size, self._quality, name, self._decode_scale
+                self._input[name][1], self._size, self._quality, name, self._decode_scale, self._jpeg_channels
             )
             self.accessed.append(name)
         return self._prepared[name]
@@ -205,79 +215,3 @@ class LazyCameraImages(Mapping):
     def served(self) -> dict[str, PreparedImage]:
         """Images actually handed out this tick (augmented when augmentation is on)."""
         return dict(self._served)
-
-
-@dataclass(frozen=True)
-class AugmentationConfig:
-    """The authors' training augmentation, which their agent also applies at test time."""
-
-    crop_scale: tuple[float, float] = (0.8, 1.0)
-    crop_ratio: tuple[float, float] = (0.9, 1.1)
-    brightness: float = 0.1  # factor uniform in [1 - b, 1 + b]
-    contrast: tuple[float, float] = (0.9, 1.1)
-    saturation: tuple[float, float] = (0.9, 1.1)
-    hue: float = 0.05  # shift uniform in [-h, h] of a full turn
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma of float RGB [H, W, 3], as torchvision's rgb_to_grayscale."""
-    return image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-class TestTimeAugmentation:
-    """Random resized crop + colour jitter on a PreparedImage (uint8), numpy/cv2 only.
-
-    Mirrors torchvision RandomResizedCrop(scale, ratio) and ColorJitter(brightness, contrast,
-    saturation, hue) with its random order of the four adjustments. `seed=None` is unseeded, as the
-    authors' agent runs.
-    """
-
-    __test__ = False  # not a pytest class despite the name
-
-    def __init__(self, config: AugmentationConfig = AugmentationConfig(), seed: int | None = None) -> None:
-        self._cv2 = cv2
-        self.config = config
-        self.rng = np.random.default_rng(seed)
-
-    def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
-        area = height * width
-        log_ratio = np.log(self.config.crop_ratio)
-        for _ in range(10):
-            target = area * self.rng.uniform(*self.config.crop_scale)
-            ratio = float(np.exp(self.rng.uniform(*log_ratio)))
-            w = int(round(math.sqrt(target * ratio)))
-            h = int(round(math.sqrt(target / ratio)))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(self.rng.integers(0, height - h + 1))
-                left = int(self.rng.integers(0, width - w + 1))
-                return top, left, h, w
-        return 0, 0, height, width
-
-    def __call__(self, image: PreparedImage) -> PreparedImage:
-        cfg = self.config
-        hwc = image.chw.transpose(1, 2, 0)
-        size = hwc.shape[0]
-        top, left, h, w = self._crop_box(hwc.shape[0], hwc.shape[1])
-        crop = np.ascontiguousarray(hwc[top : top + h, left : left + w])
-        out = self._cv2.resize(crop, (size, size), interpolation=self._cv2.INTER_LINEAR).astype(np.float32) / 255.0
-        factors = {
-            "brightness": self.rng.uniform(1 - cfg.brightness, 1 + cfg.brightness),
-            "contrast": self.rng.uniform(*cfg.contrast),
-            "saturation": self.rng.uniform(*cfg.saturation),
-            "hue": self.rng.uniform(-cfg.hue, cfg.hue),
-        }
-        for name in self.rng.permutation(list(factors)):
-            f = float(factors[name])
-            if name == "brightness":
-                out = np.clip(out * f, 0.0, 1.0)
-            elif name == "contrast":
-                out = np.clip(f * out + (1 - f) * float(_grey(out).mean()), 0.0, 1.0)
-            elif name == "saturation":
-                out = np.clip(f * out + (1 - f) * _grey(out)[..., None], 0.0, 1.0)
-            else:
-                hsv = self._cv2.cvtColor(out, self._cv2.COLOR_RGB2HSV)  # float: H in degrees
-                hsv[..., 0] = (hsv[..., 0] + f * 360.0) % 360.0
-                out = np.clip(self._cv2.cvtColor(hsv, self._cv2.COLOR_HSV2RGB), 0.0, 1.0)
-        chw = np.ascontiguousarray(np.round(out * 255.0).astype(np.uint8).transpose(2, 0, 1))
-        chw.setflags(write=False)
-        return PreparedImage(chw=chw, camera=image.camera)

@@ -16,15 +16,22 @@ error if the policy asks for them; missing GNSS / NaN compass are held over (see
 (`route_from_plans` builds both from the leaderboard's plans).
 
 Per tick: localise -> advance the route planner -> push the ego record. Every `inference_interval`
-ticks (from tick 0) the policy runs on a lazy camera Mapping (front first, then only the camera the
-router picks), the controller turns the waypoints into a control, and a trace line is written. In
-between, the last control is held. During the first `initial_brake_ticks` ticks the control sent is
-a full brake (the model still runs, so the previous-front image and the trace are continuous).
+ticks the policy runs on a lazy camera Mapping (front first, then only the camera the router picks),
+the controller turns the waypoints into a control, and a trace line is written. In between, the last
+control is held. During the first `initial_brake_ticks` ticks the control sent is a full brake.
+`inference_start` says when the model runs: `first_tick` (default) on ticks 0, 2, 4, ... (during the
+brake too, so the trace is continuous; the controller is not stepped while the brake is sent, so its
+integrators start from zero and the first non-brake control is the one computed after the brake);
+`after_initial_brake` (the authors' schedule, drivemoe_carla_agent.py:277-286) not at all during the
+brake and then on ticks 11, 13, 15, ...
+The previous-front image is always the front of the tick `inference_interval` ticks back: the prepared
+front of the previous inference when there was one, else that tick's raw frame prepared now.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,8 +43,9 @@ from agent.runtime.controller import BRAKE, ControlCommand, Controller
 from agent.runtime.ego_history import EgoHistoryBuffer
 from agent.runtime.localization import GeoReference, Localizer, gps_to_world, solve_reference
 from agent.runtime.route_planner import RoutePlanner
-from agent.runtime.sensor_frames import LazyCameraImages, TestTimeAugmentation, read_measurements
+from agent.runtime.sensor_frames import LazyCameraImages, read_measurements
 from agent.runtime.routing_trace import TraceWriter, trace_record
+from model.augmentation import TestTimeAugmentation
 from model.cameras import FRONT
 from model.ego_state import EgoWorldRecord, world_to_ego
 from model.image_preprocessing import PreparedImage
@@ -105,7 +113,7 @@ class AgentStack:
         self.image_size = image_size
         self.localizer = Localizer(reference)
         self.planner = RoutePlanner(route_xy, config.planner.min_distance, config.planner.max_distance)
-        self.history = EgoHistoryBuffer(history_steps, config.history_mode)
+        self.history = EgoHistoryBuffer(history_steps, config.history_mode, wrap_theta=config.theta_wrap)
         self.controller = Controller(config.controller, config.desired_speed_mode)
         self.trace = trace
         self._observation_factory = observation_factory
@@ -118,7 +126,32 @@ class AgentStack:
         self.inferences = 0
         self._last_control: ControlCommand = BRAKE
         self._previous_front: PreparedImage | None = None
+        self._previous_front_tick = -1
+        self._raw_fronts: deque[tuple[int, Any]] = deque(maxlen=config.inference_interval + 1)
         self.last_images: LazyCameraImages | None = None
+
+    def _inference_due(self) -> bool:
+        interval = self.config.inference_interval
+        if self.config.inference_start == "after_initial_brake":
+            start = self.config.controller.initial_brake_ticks
+            return self.frame >= start and (self.frame - start) % interval == 0
+        return self.frame % interval == 0
+
+    def _history_front(self) -> PreparedImage | None:
+        """The prepared front of the tick `inference_interval` back (None: use the current front)."""
+        wanted = self.frame - self.config.inference_interval
+        if self._previous_front is not None and self._previous_front_tick == wanted:
+            return self._previous_front
+        for tick, raw in self._raw_fronts:
+            if tick == wanted and raw is not None:
+                try:
+                    lazy = LazyCameraImages({FRONT: raw}, self.image_size, self.config.jpeg_quality, None,
+                                            decode_scale=self.config.jpeg_decode_scale,
+                                            jpeg_channels=self.config.jpeg_channels)
+                    return lazy.prepared(FRONT)
+                except (ValueError, KeyError, TypeError, IndexError) as error:  # a broken old frame: use the current one
+                    LOGGER.warning("frame %d: front of tick %d unusable (%s); using the current front", self.frame, tick, error)
+        return None
 
     def tick(self, input_data: Mapping[str, Any], timestamp: float) -> TickOutput:
         """Process one 20 Hz tick; see the module docstring."""
@@ -138,17 +171,20 @@ class AgentStack:
                 command_far=(float(target_world[0]), float(target_world[1])),
             )
         )
-        initial_brake = self.frame < self.config.controller.initial_brake_ticks
-        if self.frame % self.config.inference_interval != 0:
+        self._raw_fronts.append((self.frame, input_data.get(FRONT) if isinstance(input_data, Mapping) else None))
+        if not self._inference_due():
+            initial_brake = self.frame < self.config.controller.initial_brake_ticks
             return TickOutput(BRAKE if initial_brake else self._last_control, False, None, None)
+        initial_brake = self.frame < self.config.controller.initial_brake_ticks
 
         images = LazyCameraImages(
             input_data,
             self.image_size,
             self.config.jpeg_quality,
-            self._previous_front,
+            self._history_front(),
             self._augment,
             decode_scale=self.config.jpeg_decode_scale,
+            jpeg_channels=self.config.jpeg_channels,
         )
         seed = self.config.seed + self.inferences if self.config.seeded_noise else None
         model_started = time.perf_counter()
@@ -157,16 +193,23 @@ class AgentStack:
         )
         model_ms = (time.perf_counter() - model_started) * 1000.0
         dt = self.config.inference_interval * TICK_SECONDS
-        waypoints = np.asarray(prediction.waypoints, dtype=np.float64)
-        if waypoints.ndim == 2 and waypoints.shape[0] >= 2 and np.all(np.isfinite(waypoints)):
+        try:  # keep the policy's float32: the authors' controller computes in it
+            waypoints = np.asarray(prediction.waypoints)
+            if waypoints.dtype not in (np.float32, np.float64):
+                waypoints = waypoints.astype(np.float64)
+        except (TypeError, ValueError):
+            waypoints = np.empty((0,))
+        if initial_brake:  # the PIDs only integrate controls that are sent, so nothing winds up while braking
+            command = BRAKE
+        elif waypoints.ndim == 2 and waypoints.shape[0] >= 2 and np.all(np.isfinite(waypoints)):
             command = self.controller.step(waypoints, measurements.speed, dt=dt)
         else:  # never crash the route on a bad prediction: brake and say so
             LOGGER.warning("frame %d: policy returned unusable waypoints %r; braking", self.frame, waypoints.shape)
             command = BRAKE
-        self._last_control = command
-        sent = BRAKE if initial_brake else command
+        self._last_control = sent = command
         if FRONT in images.accessed:  # this front becomes CAM_FRONT_PREVIOUS of the next inference
             self._previous_front = images.prepared(FRONT)
+            self._previous_front_tick = self.frame
         self.last_images = images
         self.inferences += 1
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import yaml
+from pydantic import Field
 
 from model.dataclass_dicts import build_dataclass
 from model.errors import DriveMoEError
@@ -70,14 +71,14 @@ class OptimSection:
     max_steps: int | None = None  # optimiser steps; overrides epochs when set
     global_batch_size: int = 128
     per_device_batch_size: int = 8
-    action_lr: float = 5e-5
-    vlm_lr: float = 5e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    action_lr: Annotated[float, Field(gt=0)] = 5e-5
+    vlm_lr: Annotated[float, Field(gt=0)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: Annotated[float, Field(gt=0)] = 1e-8
     grad_clip: float = 1.0
     warmup_steps: int = 200
-    min_lr_ratio: float = 0.0  # the cosine ends at min_lr_ratio * lr
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0  # the cosine ends at min_lr_ratio * lr
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes, CUDA only)
     precision: str = "bf16"  # autocast dtype on CUDA: "bf16" or "fp32"
     cpu_autocast: bool = False  # also autocast to bf16 on CPU (tests of the bf16 path; CPU bf16 is slow)

@@ -37,6 +37,7 @@ from agent.runtime.ego_history import EgoHistoryBuffer
 from agent.runtime.localization import GeoReference, Localizer, gps_to_world, solve_reference
 from agent.runtime.route_planner import RoutePlanner
 from agent.runtime.sensor_frames import LazyCameraImages, TestTimeAugmentation, read_measurements
+from agent.runtime.sensor_guard import Fault, FaultLog, SensorGuard
 from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.cameras import FRONT
 from model.ego_state import EgoWorldRecord, world_to_ego
@@ -108,6 +109,8 @@ class AgentStack:
         self.history = EgoHistoryBuffer(history_steps, config.history_mode)
         self.controller = Controller(config.controller, config.desired_speed_mode)
         self.trace = trace
+        self.guard = SensorGuard()  # bad sensor input: hold or brake, never raise (docs/agent-robustness.md)
+        self.fault_log = FaultLog(trace.folder) if trace is not None else None
         self._observation_factory = observation_factory
         self._augment = (
             TestTimeAugmentation(seed=config.seed if config.seeded_noise else None)
@@ -125,25 +128,32 @@ class AgentStack:
         started = time.perf_counter()
         self.frame += 1
         measurements = read_measurements(input_data)
-        pose = self.localizer.update(measurements.gnss, measurements.compass)
+        guarded = self.guard.check(input_data, measurements.speed, measurements.speed_fault, self.frame)
+        pose = self.localizer.update(measurements.gnss, measurements.compass, measurements.speed, timestamp)
+        faults = list(guarded.faults) + [self.guard.note(fault) for fault in pose.faults]
+        if pose.relocalised:
+            self.planner.relocate(pose.xy, pose.moved + self.config.planner.max_distance)
         target_world = self.planner.step(pose.xy)
         self.history.push(
             EgoWorldRecord(
                 x=pose.x,
                 y=pose.y,
                 compass=pose.compass,
-                speed=measurements.speed,
+                speed=guarded.speed,
                 acceleration=measurements.acceleration,
                 angular_velocity=measurements.angular_velocity,
                 command_far=(float(target_world[0]), float(target_world[1])),
             )
         )
         initial_brake = self.frame < self.config.controller.initial_brake_ticks
+        if guarded.brake_reason is not None:
+            self._last_control = BRAKE
+            return self._without_inference(BRAKE, faults, timestamp)
         if self.frame % self.config.inference_interval != 0:
-            return TickOutput(BRAKE if initial_brake else self._last_control, False, None, None)
+            return self._without_inference(BRAKE if initial_brake else self._last_control, faults, timestamp)
 
         images = LazyCameraImages(
-            input_data,
+            guarded.input_data,
             self.image_size,
             self.config.jpeg_quality,
             self._previous_front,
@@ -152,9 +162,15 @@ class AgentStack:
         )
         seed = self.config.seed + self.inferences if self.config.seeded_noise else None
         model_started = time.perf_counter()
-        prediction = self.policy.predict(
-            self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
-        )
+        try:
+            prediction = self.policy.predict(
+                self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
+            )
+        except Exception as error:  # e.g. the router picked a camera with no usable frame: brake, never crash
+            fault = Fault("policy", type(error).__name__, str(error)[:300], "brake")
+            faults.append(self.guard.note(fault, exc_info=error))
+            self._last_control = BRAKE
+            return self._without_inference(BRAKE, faults, timestamp)
         model_ms = (time.perf_counter() - model_started) * 1000.0
         dt = self.config.inference_interval * TICK_SECONDS
         waypoints = np.asarray(prediction.waypoints, dtype=np.float64)
@@ -195,5 +211,14 @@ class AgentStack:
                 latency_ms=latency,
                 images=saved,
             )
+            if faults:
+                record["faults"] = [fault.as_dict() for fault in faults]
             self.trace.append(record)
+        if faults and self.fault_log is not None:
+            self.fault_log.append(self.frame, timestamp, faults, sent.as_dict())
         return TickOutput(sent, True, record, prediction)
+
+    def _without_inference(self, control: ControlCommand, faults: list[Fault], timestamp: float) -> TickOutput:
+        if faults and self.fault_log is not None:
+            self.fault_log.append(self.frame, timestamp, faults, control.as_dict())
+        return TickOutput(control, False, None, None)

@@ -175,7 +175,7 @@ class AgentStack:
         dt = self.config.inference_interval * TICK_SECONDS
         waypoints = np.asarray(prediction.waypoints, dtype=np.float64)
         if waypoints.ndim == 2 and waypoints.shape[0] >= 2 and np.all(np.isfinite(waypoints)):
-            command = self.controller.step(waypoints, measurements.speed, dt=dt)
+            command = self.controller.step(waypoints, guarded.speed, dt=dt)
         else:  # never crash the route on a bad prediction: brake and say so
             LOGGER.warning("frame %d: policy returned unusable waypoints %r; braking", self.frame, waypoints.shape)
             command = BRAKE
@@ -202,7 +202,7 @@ class AgentStack:
             record = trace_record(
                 frame=self.frame,
                 sim_time=timestamp,
-                speed=measurements.speed,
+                speed=guarded.speed,
                 position=(pose.x, pose.y),
                 compass=pose.compass,
                 target_point=(float(target_ego[0]), float(target_ego[1])),

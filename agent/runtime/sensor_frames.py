@@ -209,11 +209,11 @@ class LazyCameraImages(Mapping):
                 image = self.prepared(FRONT)
                 self._prepared[name] = PreparedImage(chw=image.chw, camera=FRONT_PREVIOUS)
                 return self._prepared[name]
-            if not self._available(name):
-                raise KeyError(f"camera {name!r} is missing from this tick's sensor data")
-            self._prepared[name] = prepare_sensor_frame(
-                self._input[name][1], self._size, self._quality, name, self._decode_scale
-            )
+            try:
+                entry = self._input[name]
+            except KeyError:
+                raise KeyError(f"camera {name!r} is missing from this tick's sensor data") from None
+            self._prepared[name] = prepare_sensor_frame(entry[1], self._size, self._quality, name, self._decode_scale)
             self.accessed.append(name)
         return self._prepared[name]
 

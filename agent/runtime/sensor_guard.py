@@ -5,9 +5,10 @@ crash (a throw in run_step ends the route as "Agent crashed") nor drive on a mad
 
 Cameras: a frame is usable when it is a numpy uint8 [H, W, 3 or 4] array with H, W > 0. An unusable
 or absent frame is replaced by that camera's last usable frame while it is at most `max_held_ticks`
-old (action "held"); otherwise the camera is left out of the tick's input (action "dropped"). Without
-CAM_FRONT the policy cannot run, so the tick brakes without an inference (action "brake"); a dropped
-side camera only matters if the router picks it (the stack then brakes too).
+old (action "held"); otherwise the camera is left out of the tick's input (action "dropped"). Frames
+are checked when the policy reads them (the replay's input decodes cameras on demand): a policy that
+asks for a dropped camera (CAM_FRONT always, a side camera when the router picks it) fails, and the
+stack brakes for that tick (action "brake").
 Speed: missing, None, non-numeric, non-finite or beyond `MAX_SPEED` is never read as 0 m/s (the
 controller would then give full throttle): the last valid speed is held for up to `max_held_ticks`,
 then the agent brakes until a valid reading arrives.
@@ -20,7 +21,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +55,16 @@ class Fault:
 class GuardedTick:
     """A tick's input after the guard: what the stack may use."""
 
-    input_data: Mapping[str, Any]  # leaderboard layout; bad cameras replaced by held frames or left out
-    speed: float  # m/s to use (fresh or held); meaningless when brake_reason says "speed"
+    input_data: "GuardedInput"  # the tick's input_data; camera frames checked (and held over) as they are read
+    speed: float  # m/s to use (fresh or held); meaningless when brake_reason is set
     brake_reason: str | None  # set: send a full brake and skip the policy this tick
-    faults: tuple[Fault, ...]
+    faults: tuple[Fault, ...]  # the speed's; input_data's and the cameras' are in input_data.faults (read lazily)
+
+    def camera_faults(self, braked: bool) -> list[Fault]:
+        """The faults of input_data and of the cameras read so far; "dropped" becomes "brake" if the tick braked."""
+        if not braked:
+            return list(self.input_data.faults)
+        return [f if f.action != "dropped" else dataclasses.replace(f, action="brake") for f in self.input_data.faults]
 
 
 def camera_frame_problem(entry: Any) -> tuple[str, str] | None:
@@ -103,30 +111,18 @@ class SensorGuard:
         self.counts: dict[tuple[str, str], int] = {}
 
     def check(self, input_data: Any, speed: float | None, speed_fault: tuple[str, str] | None, tick: int) -> GuardedTick:
-        """Validate the cameras of `input_data` of tick number `tick`; `speed` / `speed_fault` come from
-        read_measurements (None / (kind, detail) when the speedometer reading is unusable)."""
-        data = dict(input_data) if isinstance(input_data, Mapping) else {}
-        faults: list[Fault] = []
-        if not isinstance(input_data, Mapping) or not input_data:
-            shown = "empty" if isinstance(input_data, Mapping) else type(input_data).__name__
-            faults.append(Fault("input_data", "empty" if shown == "empty" else "not_a_mapping", f"input_data is {shown}", "held"))
-        for camera in self.cameras:
-            fault = self._check_camera(data, camera, tick)
-            if fault is not None:
-                faults.append(fault)
-        speed, speed_fault = self._check_speed(speed, speed_fault, tick)
-        if speed_fault is not None:
-            faults.append(speed_fault)
-        brake = None
-        if FRONT not in data:
-            brake = f"no usable {FRONT} frame"
-        elif speed_fault is not None and speed_fault.action == "brake":
-            brake = "no valid speed"
-        if brake is not None:
-            faults = [f if f.action == "held" else Fault(f.sensor, f.kind, f.detail, "brake") for f in faults]
-        for fault in faults:
+        """Check tick number `tick`: the speed now (`speed` / `speed_fault` from read_measurements: None /
+        (kind, detail) when unusable), the cameras when they are read through the returned input_data."""
+        view = GuardedInput(self, input_data, tick)
+        if not isinstance(input_data, Mapping):
+            view.faults.append(self.note(Fault("input_data", "not_a_mapping", f"input_data is {type(input_data).__name__}", "dropped")))
+        elif _is_empty(input_data):
+            view.faults.append(self.note(Fault("input_data", "empty", "input_data holds no sensor", "dropped")))
+        speed, fault = self._check_speed(speed, speed_fault, tick)
+        if fault is not None:
             self.note(fault)
-        return GuardedTick(data, speed, brake, tuple(faults))
+        brake = "no valid speed" if fault is not None and fault.action == "brake" else None
+        return GuardedTick(view, speed, brake, (fault,) if fault is not None else ())
 
     def note(self, fault: Fault, exc_info: BaseException | None = None) -> Fault:
         """Count a fault; log its (sensor, kind) the first time in this route (with `exc_info`'s traceback)."""
@@ -137,20 +133,28 @@ class SensorGuard:
                            fault.detail, _ACTION_WORDS.get(fault.action, fault.action), exc_info=exc_info)
         return fault
 
-    def _check_camera(self, data: dict[str, Any], camera: str, tick: int) -> Fault | None:
-        if camera not in data:
-            problem: tuple[str, str] | None = ("missing", "absent from input_data")
-        else:
-            problem = camera_frame_problem(data[camera])
+    def camera_entry(self, input_data: Any, camera: str, tick: int, faults: list[Fault]) -> Any | None:
+        """The usable (frame, data) entry of `camera` this tick: the fresh one, or the last usable one while
+        it is at most max_held_ticks old, else None. A bad reading is noted and appended to `faults`."""
+        try:
+            entry = input_data[camera] if isinstance(input_data, Mapping) and camera in input_data else None
+            problem = ("missing", "absent from input_data") if entry is None and not _has(input_data, camera) \
+                else camera_frame_problem(entry)
+        except Exception as error:  # a lazy input (the replay's clip reader) failed to produce the frame
+            problem = ("unreadable", f"{type(error).__name__}: {error}"[:200])
         if problem is None:
-            self._held_frames[camera] = (tick, data[camera])
-            return None
+            self._held_frames[camera] = (tick, entry)
+            return entry
         held = self._held_frames.get(camera)
         if held is not None and tick - held[0] <= self.max_held_ticks:
-            data[camera] = held[1]
-            return Fault(camera, *problem, "held")
-        data.pop(camera, None)
-        return Fault(camera, *problem, "dropped")
+            faults.append(self.note(Fault(camera, *problem, "held")))
+            return held[1]
+        faults.append(self.note(Fault(camera, *problem, "dropped")))
+        return None
+
+    def has_recent_frame(self, camera: str, tick: int) -> bool:
+        held = self._held_frames.get(camera)
+        return held is not None and tick - held[0] <= self.max_held_ticks
 
     def _check_speed(self, speed: float | None, problem: tuple[str, str] | None, tick: int) -> tuple[float, Fault | None]:
         if speed is not None and problem is None:
@@ -163,9 +167,62 @@ class SensorGuard:
         return last, Fault("SPEED", *problem, "brake")
 
 
+def _has(mapping: Any, key: str) -> bool:
+    try:
+        return key in mapping
+    except TypeError:
+        return False
+
+
+def _is_empty(mapping: Mapping) -> bool:
+    try:
+        return len(mapping) == 0
+    except TypeError:
+        return False
+
+
+class GuardedInput(Mapping):
+    """A tick's input_data seen through the guard: a camera is checked when it is first read; a bad
+    frame is replaced by the held one or, without a recent one, the camera is absent (KeyError, and
+    not listed by `in` / iteration). Other sensors pass through unchanged."""
+
+    def __init__(self, guard: SensorGuard, input_data: Any, tick: int) -> None:
+        self._guard = guard
+        self._input = input_data if isinstance(input_data, Mapping) else {}
+        self._tick = tick
+        self._checked: dict[str, Any | None] = {}  # camera -> usable entry (None: none this tick)
+        self.faults: list[Fault] = []  # camera faults found so far this tick
+
+    def usable(self, camera: str) -> bool:
+        if camera not in self._checked:
+            self._checked[camera] = self._guard.camera_entry(self._input, camera, self._tick, self.faults)
+        return self._checked[camera] is not None
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._guard.cameras:
+            if not self.usable(key):
+                raise KeyError(f"camera {key!r} has no usable frame this tick")
+            return self._checked[key]
+        return self._input[key]
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._guard.cameras:
+            if key in self._checked:
+                return self._checked[key] is not None
+            return _has(self._input, key) or self._guard.has_recent_frame(key, self._tick)  # type: ignore[arg-type]
+        return _has(self._input, key)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[str]:
+        others = [k for k in self._input if k not in self._guard.cameras]
+        return iter([c for c in self._guard.cameras if c in self] + others)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 _ACTION_WORDS = {
     "held": "using the last valid reading",
-    "dropped": "left out of this tick (no recent valid frame)",
+    "dropped": "left out of this tick (no recent valid reading)",
     "brake": "braking",
     "relocalised": "taken as the new position",
 }

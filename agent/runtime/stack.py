@@ -146,11 +146,13 @@ class AgentStack:
             )
         )
         initial_brake = self.frame < self.config.controller.initial_brake_ticks
+        inference_tick = self.frame % self.config.inference_interval == 0
         if guarded.brake_reason is not None:
             self._last_control = BRAKE
-            return self._without_inference(BRAKE, faults, timestamp)
-        if self.frame % self.config.inference_interval != 0:
-            return self._without_inference(BRAKE if initial_brake else self._last_control, faults, timestamp)
+            return self._without_inference(BRAKE, faults + guarded.camera_faults(braked=True), timestamp)
+        if not inference_tick:
+            held = BRAKE if initial_brake else self._last_control
+            return self._without_inference(held, faults + guarded.camera_faults(braked=False), timestamp)
 
         images = LazyCameraImages(
             guarded.input_data,
@@ -168,9 +170,10 @@ class AgentStack:
             )
         except Exception as error:  # e.g. the router picked a camera with no usable frame: brake, never crash
             fault = Fault("policy", type(error).__name__, str(error)[:300], "brake")
-            faults.append(self.guard.note(fault, exc_info=error))
+            faults += guarded.camera_faults(braked=True) + [self.guard.note(fault, exc_info=error)]
             self._last_control = BRAKE
             return self._without_inference(BRAKE, faults, timestamp)
+        faults += guarded.camera_faults(braked=False)
         model_ms = (time.perf_counter() - model_started) * 1000.0
         dt = self.config.inference_interval * TICK_SECONDS
         waypoints = np.asarray(prediction.waypoints, dtype=np.float64)

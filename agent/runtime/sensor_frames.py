@@ -40,7 +40,7 @@ def leaderboard_sensors() -> list[dict[str, Any]]:
 class Measurements:
     """Non-image sensor values of one tick; None where the reading was absent or malformed."""
 
-    gnss: np.ndarray | None  # (lat, lon) degrees
+    gnss: np.ndarray | None  # (lat, lon) degrees, not yet checked (None: absent or not numeric)
     compass: float | None  # rad, 0 = north, clockwise (NaN in the first frames -> None)
     acceleration: tuple[float, float, float]  # m/s^2, ego frame; zeros when absent
     angular_velocity: tuple[float, float, float]  # rad/s, ego frame; zeros when absent
@@ -75,7 +75,7 @@ def read_measurements(input_data: Mapping[str, Any]) -> Measurements:
     (speed: None and the reason, see agent/runtime/sensor_guard.py)."""
     gnss = None
     raw = _float_list(_reading(input_data, GNSS_ID))
-    if raw is not None and len(raw) >= 2 and math.isfinite(raw[0]) and math.isfinite(raw[1]):
+    if raw is not None and len(raw) >= 2:  # range, finiteness and jumps: agent/runtime/localization.py
         gnss = np.array(raw[:2])
     acceleration = angular_velocity = (0.0, 0.0, 0.0)
     compass = None

@@ -196,7 +196,7 @@ def _strip(hint: Any) -> Any:
 
 def _describe_failure(failure: ValidationError, cls: type, values: Any) -> str:
     problems = failure.errors(include_url=False)
-    unknown = [p for p in problems if p["type"] == "extra_forbidden"]
+    unknown = [p for p in problems if p["type"] in ("extra_forbidden", "invalid_key")]  # invalid: not a string
     if unknown:
         parent = unknown[0]["loc"][:-1]
         names = [p["loc"][-1] for p in unknown if p["loc"][:-1] == parent]

@@ -81,6 +81,8 @@ def test_lists_become_the_annotated_sequences_and_ints_become_floats():
 def test_unknown_keys_are_named_with_their_section_and_the_known_keys():
     text = message({"name": "a", "inner": {"gains": {"kp": 1, "kd": 2}}})
     assert text.startswith("cfg.yaml: unknown key 'kd' in section 'inner.gains' (known: ki, kp, window)")
+    assert message({"name": "a", 1: "x"}).startswith("cfg.yaml: unknown key 1 (known: enabled, inner")
+    assert message({"name": "a", "inner": {None: 1}}).startswith("cfg.yaml: unknown key 'None' in section 'inner'")
     text = message({"name": "a", "colour": 1, "size": 2})
     assert text.startswith("cfg.yaml: unknown keys 'colour', 'size' (known: enabled, inner, name, rate, stats, steps)")
 

@@ -142,6 +142,7 @@ class Localizer:
         self._last_time: float | None = None  # timestamp of the last accepted position
         self._ticks_since_fix = 0
         self._have_fix = False
+        self._have_compass = False
         self._gap = False  # the last reading(s) were not accepted
         self._candidate: tuple[tuple[float, float], float, int] | None = None  # (xy, time, agreeing readings)
         self.invalid_gnss = 0
@@ -179,7 +180,10 @@ class Localizer:
         compass_problem = _compass_problem(compass)
         if compass_problem is None:
             self._last_compass = float(compass)
+            self._have_compass = True
         else:
+            if not self._have_compass and compass_problem[0] in ("missing", "not_finite"):
+                compass_problem = ("not_yet_valid", compass_problem[1])  # CARLA's IMU starts with NaN
             self.invalid_compass += 1
             faults.append(Fault("IMU", compass_problem[0], compass_problem[1], "held"))
         return Pose(
@@ -252,13 +256,13 @@ def _finite_time(timestamp: float | None) -> float | None:
 
 def _compass_problem(compass: float | None) -> tuple[str, str] | None:
     if compass is None:
-        return "missing", "no compass reading (normal in the first frames)"
+        return "missing", "no compass reading"
     try:
         value = float(compass)
     except (TypeError, ValueError):
         return "not_a_number", f"compass is {type(compass).__name__}"
     if not math.isfinite(value):
-        return "not_finite", f"compass {value!r} (normal in the first frames)"
+        return "not_finite", f"compass {value!r}"
     if abs(value) > COMPASS_LIMIT:
         return "out_of_range", f"compass {value:.6g} rad outside [-2 pi, 2 pi]"
     return None

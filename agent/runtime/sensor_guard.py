@@ -35,6 +35,7 @@ LOGGER = logging.getLogger(__name__)
 MAX_HELD_TICKS = 10  # 0.5 s at 20 Hz: a held camera frame or speed older than this is not used
 MAX_SPEED = 100.0  # m/s; a speedometer reading beyond this is not physical for a car
 FAULTS_FILE = "faults.jsonl"
+EXPECTED_KINDS = frozenset({"not_yet_valid"})  # normal (CARLA's IMU gives NaN in the first frames): logged as info
 CAMERA_NAMES: tuple[str, ...] = tuple(camera.name for camera in BENCH2DRIVE_CAMERAS)
 
 
@@ -129,7 +130,7 @@ class SensorGuard:
         key = (fault.sensor, fault.kind)
         self.counts[key] = self.counts.get(key, 0) + 1
         if self.counts[key] == 1:
-            LOGGER.warning("%s: %s (%s); %s. Logged once per route for this kind.", fault.sensor, fault.kind,
+            LOGGER.log(logging.INFO if fault.kind in EXPECTED_KINDS else logging.WARNING,"%s: %s (%s); %s. Logged once per route for this kind.", fault.sensor, fault.kind,
                            fault.detail, _ACTION_WORDS.get(fault.action, fault.action), exc_info=exc_info)
         return fault
 

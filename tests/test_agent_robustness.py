@@ -389,3 +389,16 @@ def test_the_leaderboard_agent_survives_every_bad_input_in_one_route(tmp_path, t
             ("input_data", "empty"), ("input_data", "not_a_mapping")} <= seen
     trace = [json.loads(line) for line in (folder / "trace.jsonl").read_text().splitlines()]
     assert any("faults" in record for record in trace)
+
+
+@pytest.mark.parametrize("speed", [0.0, 12.0])
+def test_the_leaderboards_gnss_noise_never_trips_the_jump_check(speed):
+    """Bench2Drive's agent_wrapper sets noise_lat/lon_stddev = 5e-6 degrees on the GNSS sensor."""
+    rng = np.random.default_rng(0)
+    localizer = Localizer(REF)
+    rejected = 0
+    for tick in range(20000):
+        lat, lon = world_to_gps(np.array([speed * 0.05 * tick, 0.0]), REF) + rng.normal(0.0, 5e-6, 2)
+        pose = localizer.update(np.array([lat, lon]), 0.0, speed=speed, timestamp=0.05 * tick)
+        rejected += not pose.gnss_valid
+    assert rejected == 0

@@ -402,3 +402,20 @@ def test_the_leaderboards_gnss_noise_never_trips_the_jump_check(speed):
         pose = localizer.update(np.array([lat, lon]), 0.0, speed=speed, timestamp=0.05 * tick)
         rejected += not pose.gnss_valid
     assert rejected == 0
+
+
+def test_a_full_disk_never_changes_the_control(tmp_path, caplog):
+    stack, policy = make_stack(tmp_path)
+    reference, _ = make_stack()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    stack.trace.append = full
+    stack.fault_log.path = tmp_path / "missing_folder" / FAULTS_FILE  # cannot be created
+    datas = [tick_data(0), tick_data(1), tick_data(2, speed=None), tick_data(3)]
+    with caplog.at_level(logging.WARNING):
+        outputs = run(stack, datas)
+    assert [o.control for o in outputs] == [o.control for o in run(reference, datas)]
+    assert stack.guard.counts[("trace", "OSError")] == 2 and stack.fault_log.failed
+    assert sum("No space left" in r.getMessage() for r in caplog.records) == 1

@@ -244,15 +244,23 @@ class FaultLog:
         self.path = Path(folder) / FAULTS_FILE
         self._handle: Any = None  # opened on the first fault: a clean route leaves no file
         self.lines = 0
+        self.failed = False
 
     def append(self, frame: int, sim_time: Any, faults: tuple[Fault, ...] | list[Fault], control: dict[str, float]) -> None:
-        if self._handle is None:
-            self._handle = open(self.path, "w", encoding="utf-8")
-        self.lines += 1
+        if self.failed:
+            return
         record = {"frame": int(frame), "sim_time": _finite_or_none(sim_time),
                   "faults": [f.as_dict() for f in faults], "control": {k: float(v) for k, v in control.items()}}
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        try:
+            if self._handle is None:
+                self._handle = open(self.path, "w", encoding="utf-8")
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
+        except OSError as error:  # a full or read-only disk must not change what the car does
+            self.failed = True
+            LOGGER.warning("%s: cannot write (%s); no more faults are recorded in this route", self.path, error)
+            return
+        self.lines += 1
 
     def close(self) -> None:
         if self._handle is not None and not self._handle.closed:

@@ -10,8 +10,10 @@ Usage (the leaderboard adapter agent/drivemoe_agent.py and the offline replay bo
 
 `frame_data` uses the leaderboard's `input_data` layout: sensor id -> (frame, data) with the ids of
 agent/runtime/sensor_frames.py: cameras "CAM_*" as uint8 [H, W, 4] BGRA (or [H, W, 3] BGR), "GPS" [lat, lon,
-alt], "IMU" [ax, ay, az, gx, gy, gz, compass], "SPEED" {"speed": m/s}. Missing cameras are only an
-error if the policy asks for them; missing GNSS / NaN compass are held over (see localization.py).
+alt], "IMU" [ax, ay, az, gx, gy, gz, compass], "SPEED" {"speed": m/s}. Bad or missing readings never
+raise: sensor_guard.py holds the last valid camera frame / speed briefly or brakes, localization.py
+rejects impossible GNSS / compass readings; each is logged once per kind and recorded
+(docs/agent-robustness.md). A policy that raises (e.g. on a camera with no usable frame) brakes the tick.
 `route_xy` is the plan in CARLA world metres ([N, 2]); `reference` the GNSS geoReference
 (`route_from_plans` builds both from the leaderboard's plans).
 
@@ -194,7 +196,7 @@ class AgentStack:
             saved = {}
             every = self.config.save.image_every
             if every and (self.inferences - 1) % every == 0:
-                saved = self.trace.save_images(self.frame, images.served)
+                saved = self._written(lambda: self.trace.save_images(self.frame, images.served), "images") or {}
             latency = {"model": model_ms}
             timings = getattr(prediction, "timings_ms", None) or {}
             for key in ("vision", "prefix", "denoise"):
@@ -216,10 +218,18 @@ class AgentStack:
             )
             if faults:
                 record["faults"] = [fault.as_dict() for fault in faults]
-            self.trace.append(record)
+            self._written(lambda: self.trace.append(record), "trace")
         if faults and self.fault_log is not None:
             self.fault_log.append(self.frame, timestamp, faults, sent.as_dict())
         return TickOutput(sent, True, record, prediction)
+
+    def _written(self, write: Callable[[], Any], what: str) -> Any:
+        """Run a trace write; a full or read-only disk is logged once and never changes the control."""
+        try:
+            return write()
+        except OSError as error:
+            self.guard.note(Fault(what, "OSError", f"{self.trace.folder if self.trace else ''}: {error}", "dropped"))
+            return None
 
     def _without_inference(self, control: ControlCommand, faults: list[Fault], timestamp: float) -> TickOutput:
         if faults and self.fault_log is not None:

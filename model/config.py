@@ -20,6 +20,7 @@ from model.normalization import NormalizationStats
 # range constraints the config reader (model/dataclass_dicts.py) enforces on config.json
 Positive = Annotated[float, Field(gt=0)]
 UnitOpen = Annotated[float, Field(gt=0, lt=1)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 def _require(condition: bool, name: str, value: Any, expectation: str) -> None:
@@ -167,12 +168,12 @@ class SequenceConfig:
 class LossConfig:
     """The authors' CombinedLoss: flow matching + focal losses of both routers, weights per stage."""
 
-    action_weight: float = 1.0
-    camera_router_weight_stage1: float = 10.0
-    action_router_weight_stage1: float = 10.0
-    camera_router_weight_stage2: float = 5.0
-    action_router_weight_stage2: float = 5.0
-    focal_gamma: float = 2.0
+    action_weight: NonNegative = 1.0
+    camera_router_weight_stage1: NonNegative = 10.0
+    action_router_weight_stage1: NonNegative = 10.0
+    camera_router_weight_stage2: NonNegative = 5.0
+    action_router_weight_stage2: NonNegative = 5.0
+    focal_gamma: NonNegative = 2.0
     # label counts behind the focal class weights (hard-coded by the authors)
     camera_class_counts: tuple[int, ...] = (35105, 8865, 161717, 13671, 5990)
     scenario_class_counts: tuple[int, ...] = (13304, 1036, 29921, 12064, 5200, 45332, 118491)

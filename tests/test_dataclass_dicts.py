@@ -255,3 +255,21 @@ def test_model_config_json_with_nan_or_a_wrong_type_names_the_field():
         with pytest.raises(ValueError) as info:
             ModelConfig.from_dict(data, source="m/config.json")
         assert str(info.value) == f"m/config.json: key '{section}.{key}' {expected}"
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("run", "save_every_steps", 0, "must be greater than or equal to 1, got 0"),
+    ("run", "validate_every_steps", 0, "must be greater than or equal to 1, got 0"),
+    ("optim", "vlm_lr", float("nan"), "must be a finite number, got nan"),
+    ("optim", "warmup_steps", 1.5, "must be an integer, got 1.5"),
+    ("data", "max_train_windows", 0, "must be greater than or equal to 1, got 0"),
+])
+def test_training_config_fields_that_would_crash_later_are_rejected_up_front(section, key, value, expected):
+    from model.training.config import TrainConfigError, config_from_dict
+
+    data = {"data": {"index": "prepared"}, section: {key: value}}
+    if section == "data":
+        data["data"][key] = value
+    with pytest.raises(TrainConfigError) as info:
+        config_from_dict(data, source="train.yaml")
+    assert str(info.value) == f"train.yaml: key '{section}.{key}' {expected}"

@@ -55,8 +55,8 @@ class DataSection:
     image_cache: str | None = None  # folder of pre-resized uint8 images (filled on first use)
     num_workers: int = 8
     pin_memory: bool = True
-    prefetch_factor: int = 4
-    max_train_windows: int | None = None  # use only the first N training windows (debugging, tests)
+    prefetch_factor: Annotated[int, Field(ge=1)] = 4
+    max_train_windows: Annotated[int, Field(ge=1)] | None = None  # use only the first N training windows (debugging, tests)
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -111,10 +111,10 @@ class OptimSection:
 class RunSection:
     out_dir: str = "runs/drivemoe"
     seed: int = 42
-    save_every_steps: int = 1000
+    save_every_steps: Annotated[int, Field(ge=1)] = 1000
     keep_last: int = 2
-    validate_every_steps: int = 1000
-    validation_batches: int | None = None  # None: the whole validation split
+    validate_every_steps: Annotated[int, Field(ge=1)] = 1000
+    validation_batches: Annotated[int, Field(ge=0)] | None = None  # None: the whole validation split
     log_every_steps: int = 10
     tensorboard: bool = True  # used only if the tensorboard package is installed
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"

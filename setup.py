@@ -20,8 +20,9 @@ setup(
         "numpy>=1.24",
         # JPEG round trip and resizing of camera frames, video writing (headless build: no GUI libraries needed on servers)
         "opencv-python-headless>=4.8",
-        # agent and training configs
+        # agent and training configs: YAML parsing, strict validation of the parsed values
         "pyyaml>=6.0",
+        "pydantic>=2.6",
         # progress bars for long work
         "tqdm>=4.60",
         # the exact resize of the authors' pipeline (torchvision Resize on a PIL image)

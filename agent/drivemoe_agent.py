@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -107,19 +108,40 @@ class DriveMoEAgent(autonomous_agent.AutonomousAgent):
         return leaderboard_sensors()
 
     def run_step(self, input_data: dict, timestamp: float) -> carla.VehicleControl:
-        out = self.stack.tick(input_data, timestamp)
-        if self.metric_info is not None:
-            if getattr(self, "hero_actor", None) is not None:
+        """One tick. Never raises: the leaderboard would end the route as "Agent crashed"; any error
+        brakes this tick instead and is logged (with its traceback) once per error type."""
+        steer, throttle, brake = 0.0, 0.0, 1.0
+        try:
+            out = self.stack.tick(input_data, timestamp)
+            values = (float(out.control.steer), float(out.control.throttle), float(out.control.brake))
+            if all(math.isfinite(v) for v in values):
+                steer, throttle, brake = values
+            else:
+                self._step_failure(f"non-finite control {values}")
+        except Exception as error:
+            self._step_failure(f"{type(error).__name__}: {error}", error)
+        if self.metric_info is not None and getattr(self, "hero_actor", None) is not None:
+            try:
                 self.metric_info.record(self.stack.frame, self.get_metric_info())
+            except Exception as error:
+                self._step_failure(f"metric_info: {type(error).__name__}: {error}", error)
         control = carla.VehicleControl()
-        control.steer = float(out.control.steer)
-        control.throttle = float(out.control.throttle)
-        control.brake = float(out.control.brake)
+        control.steer = steer
+        control.throttle = throttle
+        control.brake = brake
         return control
 
+    def _step_failure(self, what: str, error: BaseException | None = None) -> None:
+        failures = self.__dict__.setdefault("step_failures", {})
+        kind = what.split(":")[0] if error is None else type(error).__name__
+        failures[kind] = failures.get(kind, 0) + 1
+        if failures[kind] == 1:
+            LOGGER.error("run_step: %s; braking this tick (logged once per error type)", what, exc_info=error)
+
     def destroy(self) -> None:
-        for name in ("trace", "metric_info"):
-            writer = getattr(self, name, None)
+        writers = [getattr(self, "trace", None), getattr(self, "metric_info", None),
+                   getattr(getattr(self, "stack", None), "fault_log", None)]
+        for writer in writers:
             if writer is not None:
                 writer.close()
         self.stack = None

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
+
+from pydantic import Field
 
 from model.dataclass_dicts import build_dataclass
 from model.normalization import NormalizationStats
+
+
+# range constraints the config reader (model/dataclass_dicts.py) enforces on config.json
+Positive = Annotated[float, Field(gt=0)]
+UnitOpen = Annotated[float, Field(gt=0, lt=1)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 def _require(condition: bool, name: str, value: Any, expectation: str) -> None:
@@ -31,7 +39,7 @@ class VisionConfig:
     image_size: int = 224
     patch_size: int = 14
     num_channels: int = 3
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: Positive = 1e-6
 
     def __post_init__(self) -> None:
         _require(self.hidden_size % self.num_heads == 0, "vision.hidden_size", self.hidden_size, "must be divisible by vision.num_heads")
@@ -63,8 +71,8 @@ class JointConfig:
     num_heads: int = 8
     num_kv_heads: int = 1
     head_dim: int = 256
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-6
+    rope_theta: Positive = 10000.0
+    rms_norm_eps: Positive = 1e-6
     attn_softcap: float = 50.0
     vlm: MixtureConfig = MixtureConfig(2048, 16384)
     proprio: MixtureConfig = MixtureConfig(1024, 4096)
@@ -86,7 +94,7 @@ class CameraRouterConfig:
     waypoint_hidden: int = 128
     top_k: int = 1
     dropout: float = 0.1
-    layer_norm_eps: float = 1e-5  # the torch default the authors use (SigLIP uses 1e-6)
+    layer_norm_eps: Positive = 1e-5  # the torch default the authors use (SigLIP uses 1e-6)
 
     def __post_init__(self) -> None:
         _require(1 <= self.top_k <= self.num_candidates, "camera_router.top_k", self.top_k, f"must be in 1..{self.num_candidates}")
@@ -120,13 +128,13 @@ class FlowConfig:
     action_dim: int = 2
     cond_steps: int = 5
     proprio_dim: int = 10
-    sig_min: float = 0.001
+    sig_min: UnitOpen = 0.001
     num_inference_steps: int = 10
-    final_action_clip: float = 1.0
-    time_max_period: float = 10000.0
-    time_beta_alpha: float = 1.5
-    time_beta_beta: float = 1.0
-    time_max: float = 0.999
+    final_action_clip: Positive = 1.0
+    time_max_period: Positive = 10000.0
+    time_beta_alpha: Positive = 1.5
+    time_beta_beta: Positive = 1.0
+    time_max: Annotated[float, Field(gt=0, le=1)] = 0.999
 
     def __post_init__(self) -> None:
         for name in ("horizon", "action_dim", "cond_steps", "proprio_dim", "num_inference_steps"):
@@ -160,12 +168,12 @@ class SequenceConfig:
 class LossConfig:
     """The authors' CombinedLoss: flow matching + focal losses of both routers, weights per stage."""
 
-    action_weight: float = 1.0
-    camera_router_weight_stage1: float = 10.0
-    action_router_weight_stage1: float = 10.0
-    camera_router_weight_stage2: float = 5.0
-    action_router_weight_stage2: float = 5.0
-    focal_gamma: float = 2.0
+    action_weight: NonNegative = 1.0
+    camera_router_weight_stage1: NonNegative = 10.0
+    action_router_weight_stage1: NonNegative = 10.0
+    camera_router_weight_stage2: NonNegative = 5.0
+    action_router_weight_stage2: NonNegative = 5.0
+    focal_gamma: NonNegative = 2.0
     # label counts behind the focal class weights (hard-coded by the authors)
     camera_class_counts: tuple[int, ...] = (35105, 8865, 161717, 13671, 5990)
     scenario_class_counts: tuple[int, ...] = (13304, 1036, 29921, 12064, 5200, 45332, 118491)

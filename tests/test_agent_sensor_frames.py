@@ -44,7 +44,8 @@ def test_bgra_to_rgb_swaps_channels_and_drops_alpha():
 
 def test_measurements_survive_missing_and_nan_readings():
     m = read_measurements({IMU_ID: (0, np.array([1.0, np.nan, 9.8, 0.0, 0.0, 0.2, np.nan])), SPEED_ID: (0, {"speed": None})})
-    assert m.gnss is None and m.compass is None and m.speed == 0.0
+    assert m.gnss is None and m.compass is None
+    assert m.speed is None and m.speed_fault == ("none", "speed is None")  # never read as 0 m/s
     assert m.acceleration == (1.0, 0.0, 9.8) and m.angular_velocity == (0.0, 0.0, 0.2)
     good = read_measurements({GNSS_ID: (0, np.array([42.0, 2.0, 1.0])), IMU_ID: (0, np.zeros(7)), SPEED_ID: (0, {"speed": 3.5})})
     assert good.gnss.tolist() == [42.0, 2.0] and good.compass == 0.0 and good.speed == 3.5
@@ -69,7 +70,9 @@ def test_lazy_mapping_prepares_only_what_is_read_in_order():
         "CAM_BACK": (0, Untouchable()),
     }
     images = LazyCameraImages(data, image_size=32, jpeg_quality=20, previous_front=None)
-    assert list(images) == list(MODEL_IMAGE_ORDER) and "CAM_BACK" in images
+    present = [name for name in MODEL_IMAGE_ORDER if name in data or name == FRONT_PREVIOUS]
+    assert list(images) == present and len(images) == len(present) and "CAM_BACK" in images
+    assert "CAM_BACK_LEFT" not in images  # a camera without data is not listed as available
     front = images[FRONT]
     assert isinstance(front, PreparedImage) and front.chw.shape == (3, 32, 32)
     assert abs(int(front.chw[0].mean()) - 200) < 10 and front.chw[1].mean() < 10  # red stays red

@@ -55,3 +55,22 @@ class RoutePlanner:
                 best = int(np.argmax(np.where(within, squared, -1.0)))
                 self.head = min(start + best, last_allowed_head)
         return self.target()
+
+    def relocate(self, position_xy: np.ndarray, search_length: float) -> np.ndarray:
+        """Find the car's place again after its position jumped (GNSS gap, confirmed jump).
+
+        The head becomes the start of the route segment nearest to the car among the segments that start
+        within `search_length` metres of route length ahead of the head (it never moves back). Returns the
+        target point."""
+        last_allowed_head = max(self.points.shape[0] - 2, 0)
+        if self.head >= last_allowed_head:
+            return self.target()
+        stop = int(np.searchsorted(self._arc, self._arc[self.head] + float(search_length), side="right"))
+        stop = min(max(stop, self.head + 1), last_allowed_head + 1)
+        starts, ends = self.points[self.head:stop], self.points[self.head + 1:stop + 1]
+        direction = ends - starts
+        length2 = np.maximum(np.einsum("ij,ij->i", direction, direction), 1e-12)
+        along = np.clip(np.einsum("ij,ij->i", np.asarray(position_xy, dtype=np.float64) - starts, direction) / length2, 0.0, 1.0)
+        distance = np.linalg.norm(starts + along[:, None] * direction - position_xy, axis=1)
+        self.head = min(self.head + int(np.argmin(distance)), last_allowed_head)
+        return self.target()

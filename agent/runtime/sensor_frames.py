@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.runtime.sensor_guard import speed_problem
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, MODEL_IMAGE_ORDER
 from agent.runtime.authors_jpeg import swapped_channel_jpeg_round_trip
 from model.image_preprocessing import PreparedImage, resize_like_torchvision_pil
@@ -40,11 +41,12 @@ def leaderboard_sensors() -> list[dict[str, Any]]:
 class Measurements:
     """Non-image sensor values of one tick; None where the reading was absent or malformed."""
 
-    gnss: np.ndarray | None  # (lat, lon) degrees
+    gnss: np.ndarray | None  # (lat, lon) degrees, not yet checked (None: absent or not numeric)
     compass: float | None  # rad, 0 = north, clockwise (NaN in the first frames -> None)
     acceleration: tuple[float, float, float]  # m/s^2, ego frame; zeros when absent
     angular_velocity: tuple[float, float, float]  # rad/s, ego frame; zeros when absent
-    speed: float  # m/s; 0 when absent
+    speed: float | None  # m/s; None when absent or unusable (never read as 0)
+    speed_fault: tuple[str, str] | None = None  # (kind, detail) of an unusable speed reading
 
 
 def _float_list(value: Any) -> list[float] | None:
@@ -70,10 +72,11 @@ def _finite3(values: list[float]) -> tuple[float, float, float]:
 
 
 def read_measurements(input_data: Mapping[str, Any]) -> Measurements:
-    """GNSS, IMU and speed from `input_data`; a missing or broken reading becomes None / zeros."""
+    """GNSS, IMU and speed from `input_data`; a missing or broken reading becomes None / zeros
+    (speed: None and the reason, see agent/runtime/sensor_guard.py)."""
     gnss = None
     raw = _float_list(_reading(input_data, GNSS_ID))
-    if raw is not None and len(raw) >= 2 and math.isfinite(raw[0]) and math.isfinite(raw[1]):
+    if raw is not None and len(raw) >= 2:  # range, finiteness and jumps: agent/runtime/localization.py
         gnss = np.array(raw[:2])
     acceleration = angular_velocity = (0.0, 0.0, 0.0)
     compass = None
@@ -82,21 +85,32 @@ def read_measurements(input_data: Mapping[str, Any]) -> Measurements:
         acceleration = _finite3(imu[0:3])
         angular_velocity = _finite3(imu[3:6])
         compass = imu[6] if math.isfinite(imu[6]) else None
-    speed = 0.0
+    speed, speed_fault = _read_speed(input_data)
+    return Measurements(gnss, compass, acceleration, angular_velocity, speed, speed_fault)
+
+
+def _read_speed(input_data: Mapping[str, Any]) -> tuple[float | None, tuple[str, str] | None]:
+    """(speed m/s, None) or (None, (kind, detail)) from the speedometer entry {"speed": v} (or a bare v)."""
+    try:
+        present = SPEED_ID in input_data
+    except TypeError:
+        present = False
+    if not present:
+        return None, ("missing", "absent from input_data")
     value = _reading(input_data, SPEED_ID)
-    if value is not None:
-        value = value.get("speed") if isinstance(value, Mapping) else value
-        try:
-            speed = float(value)
-        except (TypeError, ValueError):
-            speed = 0.0
-        speed = speed if math.isfinite(speed) else 0.0
-    return Measurements(gnss, compass, acceleration, angular_velocity, speed)
+    if isinstance(value, Mapping):
+        if "speed" not in value:
+            return None, ("missing", f"no 'speed' key in {sorted(map(str, value))}")
+        value = value["speed"]
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+    problem = speed_problem(value)
+    return (None, problem) if problem is not None else (float(value), None)
 
 
 def _check_frame(frame: Any, camera: str) -> np.ndarray:
     array = np.asarray(frame)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4) or array.size == 0:
         raise ValueError(f"camera {camera!r}: expected a uint8 [H, W, 4] BGRA frame, got {array.dtype} {array.shape}")
     return array
 
@@ -177,14 +191,24 @@ class LazyCameraImages(Mapping):
         self._served: dict[str, PreparedImage] = {}
         self.accessed: list[str] = []
 
+    # The mapping's keys are the cameras this tick can serve: a camera missing from the input (or
+    # left out by agent/runtime/sensor_guard.py) is not listed, so errors never call it available.
+    def _available(self, name: str) -> bool:
+        if name == FRONT_PREVIOUS:
+            return self._previous is not None or self._available(FRONT)
+        try:
+            return name in self._input
+        except TypeError:
+            return False
+
     def __len__(self) -> int:
-        return len(self._keys)
+        return sum(1 for _ in self)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return (name for name in self._keys if self._available(name))
 
     def __contains__(self, key: object) -> bool:
-        return key in self._keys
+        return key in self._keys and self._available(key)  # type: ignore[arg-type]
 
     def prepared(self, name: str) -> PreparedImage:
         """The un-augmented prepared image of `name` (converting it now if needed)."""
@@ -195,11 +219,12 @@ class LazyCameraImages(Mapping):
                 image = self.prepared(FRONT)
                 self._prepared[name] = PreparedImage(chw=image.chw, camera=FRONT_PREVIOUS)
                 return self._prepared[name]
-            if name not in self._input:
-                raise KeyError(f"camera {name!r} is missing from this tick's sensor data")
-            self._prepared[name] = prepare_sensor_frame(
-                self._input[name][1], self._size, self._quality, name, self._decode_scale, self._jpeg_channels
-            )
+            try:
+                entry = self._input[name]
+            except KeyError:
+                raise KeyError(f"camera {name!r} is missing from this tick's sensor data") from None
+            self._prepared[name] = prepare_sensor_frame(entry[1], self._size, self._quality, name, self._decode_scale,
+                                                          self._jpeg_channels)
             self.accessed.append(name)
         return self._prepared[name]
 

@@ -10,8 +10,10 @@ Usage (the leaderboard adapter agent/drivemoe_agent.py and the offline replay bo
 
 `frame_data` uses the leaderboard's `input_data` layout: sensor id -> (frame, data) with the ids of
 agent/runtime/sensor_frames.py: cameras "CAM_*" as uint8 [H, W, 4] BGRA (or [H, W, 3] BGR), "GPS" [lat, lon,
-alt], "IMU" [ax, ay, az, gx, gy, gz, compass], "SPEED" {"speed": m/s}. Missing cameras are only an
-error if the policy asks for them; missing GNSS / NaN compass are held over (see localization.py).
+alt], "IMU" [ax, ay, az, gx, gy, gz, compass], "SPEED" {"speed": m/s}. Bad or missing readings never
+raise: sensor_guard.py holds the last valid camera frame / speed briefly or brakes, localization.py
+rejects impossible GNSS / compass readings; each is logged once per kind and recorded
+(docs/agent-robustness.md). A policy that raises (e.g. on a camera with no usable frame) brakes the tick.
 `route_xy` is the plan in CARLA world metres ([N, 2]); `reference` the GNSS geoReference
 (`route_from_plans` builds both from the leaderboard's plans).
 
@@ -44,6 +46,7 @@ from agent.runtime.ego_history import EgoHistoryBuffer
 from agent.runtime.localization import GeoReference, Localizer, gps_to_world, solve_reference
 from agent.runtime.route_planner import RoutePlanner
 from agent.runtime.sensor_frames import LazyCameraImages, read_measurements
+from agent.runtime.sensor_guard import Fault, FaultLog, SensorGuard
 from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.augmentation import TestTimeAugmentation
 from model.cameras import FRONT
@@ -116,6 +119,8 @@ class AgentStack:
         self.history = EgoHistoryBuffer(history_steps, config.history_mode, wrap_theta=config.theta_wrap)
         self.controller = Controller(config.controller, config.desired_speed_mode)
         self.trace = trace
+        self.guard = SensorGuard()  # bad sensor input: hold or brake, never raise (docs/agent-robustness.md)
+        self.fault_log = FaultLog(trace.folder) if trace is not None else None
         self._observation_factory = observation_factory
         self._augment = (
             TestTimeAugmentation(seed=config.seed if config.seeded_noise else None)
@@ -158,27 +163,35 @@ class AgentStack:
         started = time.perf_counter()
         self.frame += 1
         measurements = read_measurements(input_data)
-        pose = self.localizer.update(measurements.gnss, measurements.compass)
+        guarded = self.guard.check(input_data, measurements.speed, measurements.speed_fault, self.frame)
+        pose = self.localizer.update(measurements.gnss, measurements.compass, measurements.speed, timestamp)
+        faults = list(guarded.faults) + [self.guard.note(fault) for fault in pose.faults]
+        if pose.relocalised:
+            self.planner.relocate(pose.xy, pose.moved + self.config.planner.max_distance)
         target_world = self.planner.step(pose.xy)
         self.history.push(
             EgoWorldRecord(
                 x=pose.x,
                 y=pose.y,
                 compass=pose.compass,
-                speed=measurements.speed,
+                speed=guarded.speed,
                 acceleration=measurements.acceleration,
                 angular_velocity=measurements.angular_velocity,
                 command_far=(float(target_world[0]), float(target_world[1])),
             )
         )
+        # unchecked on purpose: cameras are checked when read (a broken old front is replaced in _history_front)
         self._raw_fronts.append((self.frame, input_data.get(FRONT) if isinstance(input_data, Mapping) else None))
-        if not self._inference_due():
-            initial_brake = self.frame < self.config.controller.initial_brake_ticks
-            return TickOutput(BRAKE if initial_brake else self._last_control, False, None, None)
         initial_brake = self.frame < self.config.controller.initial_brake_ticks
+        if guarded.brake_reason is not None:
+            self._last_control = BRAKE
+            return self._without_inference(BRAKE, faults + guarded.camera_faults(braked=True), timestamp)
+        if not self._inference_due():
+            held = BRAKE if initial_brake else self._last_control
+            return self._without_inference(held, faults + guarded.camera_faults(braked=False), timestamp)
 
         images = LazyCameraImages(
-            input_data,
+            guarded.input_data,
             self.image_size,
             self.config.jpeg_quality,
             self._history_front(),
@@ -188,9 +201,16 @@ class AgentStack:
         )
         seed = self.config.seed + self.inferences if self.config.seeded_noise else None
         model_started = time.perf_counter()
-        prediction = self.policy.predict(
-            self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
-        )
+        try:
+            prediction = self.policy.predict(
+                self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
+            )
+        except Exception as error:  # e.g. the router picked a camera with no usable frame: brake, never crash
+            fault = Fault("policy", type(error).__name__, str(error)[:300], "brake")
+            faults += guarded.camera_faults(braked=True) + [self.guard.note(fault, exc_info=error)]
+            self._last_control = BRAKE
+            return self._without_inference(BRAKE, faults, timestamp)
+        faults += guarded.camera_faults(braked=False)
         model_ms = (time.perf_counter() - model_started) * 1000.0
         dt = self.config.inference_interval * TICK_SECONDS
         try:  # keep the policy's float32: the authors' controller computes in it
@@ -202,7 +222,7 @@ class AgentStack:
         if initial_brake:  # the PIDs only integrate controls that are sent, so nothing winds up while braking
             command = BRAKE
         elif waypoints.ndim == 2 and waypoints.shape[0] >= 2 and np.all(np.isfinite(waypoints)):
-            command = self.controller.step(waypoints, measurements.speed, dt=dt)
+            command = self.controller.step(waypoints, guarded.speed, dt=dt)
         else:  # never crash the route on a bad prediction: brake and say so
             LOGGER.warning("frame %d: policy returned unusable waypoints %r; braking", self.frame, waypoints.shape)
             command = BRAKE
@@ -218,7 +238,7 @@ class AgentStack:
             saved = {}
             every = self.config.save.image_every
             if every and (self.inferences - 1) % every == 0:
-                saved = self.trace.save_images(self.frame, images.served)
+                saved = self._written(lambda: self.trace.save_images(self.frame, images.served), "images") or {}
             latency = {"model": model_ms}
             timings = getattr(prediction, "timings_ms", None) or {}
             for key in ("vision", "prefix", "denoise"):
@@ -229,7 +249,7 @@ class AgentStack:
             record = trace_record(
                 frame=self.frame,
                 sim_time=timestamp,
-                speed=measurements.speed,
+                speed=guarded.speed,
                 position=(pose.x, pose.y),
                 compass=pose.compass,
                 target_point=(float(target_ego[0]), float(target_ego[1])),
@@ -238,5 +258,22 @@ class AgentStack:
                 latency_ms=latency,
                 images=saved,
             )
-            self.trace.append(record)
+            if faults:
+                record["faults"] = [fault.as_dict() for fault in faults]
+            self._written(lambda: self.trace.append(record), "trace")
+        if faults and self.fault_log is not None:
+            self.fault_log.append(self.frame, timestamp, faults, sent.as_dict())
         return TickOutput(sent, True, record, prediction)
+
+    def _written(self, write: Callable[[], Any], what: str) -> Any:
+        """Run a trace write; a full or read-only disk is logged once and never changes the control."""
+        try:
+            return write()
+        except OSError as error:
+            self.guard.note(Fault(what, "OSError", f"{self.trace.folder if self.trace else ''}: {error}", "dropped"))
+            return None
+
+    def _without_inference(self, control: ControlCommand, faults: list[Fault], timestamp: float) -> TickOutput:
+        if faults and self.fault_log is not None:
+            self.fault_log.append(self.frame, timestamp, faults, control.as_dict())
+        return TickOutput(control, False, None, None)

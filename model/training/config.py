@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import yaml
+from pydantic import Field
 
 from model.dataclass_dicts import build_dataclass
 from model.errors import DriveMoEError
@@ -54,8 +55,8 @@ class DataSection:
     image_cache: str | None = None  # folder of pre-resized uint8 images (filled on first use)
     num_workers: int = 8
     pin_memory: bool = True
-    prefetch_factor: int = 4
-    max_train_windows: int | None = None  # use only the first N training windows (debugging, tests)
+    prefetch_factor: Annotated[int, Field(ge=1)] = 4
+    max_train_windows: Annotated[int, Field(ge=1)] | None = None  # use only the first N training windows (debugging, tests)
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -70,14 +71,14 @@ class OptimSection:
     max_steps: int | None = None  # optimiser steps; overrides epochs when set
     global_batch_size: int = 128
     per_device_batch_size: int = 8
-    action_lr: float = 5e-5
-    vlm_lr: float = 5e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    action_lr: Annotated[float, Field(gt=0)] = 5e-5
+    vlm_lr: Annotated[float, Field(gt=0)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: Annotated[float, Field(gt=0)] = 1e-8
     grad_clip: float = 1.0
     warmup_steps: int = 200
-    min_lr_ratio: float = 0.0  # the cosine ends at min_lr_ratio * lr
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0  # the cosine ends at min_lr_ratio * lr
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes, CUDA only)
     precision: str = "bf16"  # autocast dtype on CUDA: "bf16" or "fp32"
     cpu_autocast: bool = False  # also autocast to bf16 on CPU (tests of the bf16 path; CPU bf16 is slow)
@@ -110,10 +111,10 @@ class OptimSection:
 class RunSection:
     out_dir: str = "runs/drivemoe"
     seed: int = 42
-    save_every_steps: int = 1000
+    save_every_steps: Annotated[int, Field(ge=1)] = 1000
     keep_last: int = 2
-    validate_every_steps: int = 1000
-    validation_batches: int | None = None  # None: the whole validation split
+    validate_every_steps: Annotated[int, Field(ge=1)] = 1000
+    validation_batches: Annotated[int, Field(ge=0)] | None = None  # None: the whole validation split
     log_every_steps: int = 10
     tensorboard: bool = True  # used only if the tensorboard package is installed
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"

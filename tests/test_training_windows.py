@@ -36,6 +36,15 @@ def _arc(i):
     return 0.015 * i * (i - 1)
 
 
+def _percentile_by_hand(values, q):
+    """numpy's default rule written out: rank q/100 (n - 1) in the sorted values, linear in between."""
+    ordered = sorted(values)
+    rank = q / 100.0 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (rank - low) * (ordered[high] - ordered[low])
+
+
 def _prepare(tmp_path, *extra, labels=None):
     args = ["prepare-data", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "index"), "--no-image-check"]
     if labels is not None:
@@ -79,6 +88,13 @@ def test_straight_clip_windows_value_by_value(tmp_path):
         # future: frames t … t+9 straight ahead, first point (0, 0)
         np.testing.assert_allclose(a["actions"][row][:, 0], [_arc(t + k) - _arc(t) for k in range(10)], atol=1e-5)
         np.testing.assert_allclose(a["actions"][row][:, 1], 0.0, atol=1e-5)
+    # statistics of this run (every window is training), from the same closed forms
+    stats = read_statistics(tmp_path / "index/statistics.json")
+    speeds = [0.3 * max(t - k, 0) for t in range(6) for k in (4, 3, 2, 1, 0)]
+    fur_x = [_arc(t + k) - _arc(t) for t in range(6) for k in range(10)]
+    for key, values in (("speed", speeds), ("fur_x", fur_x)):
+        assert stats[key] == pytest.approx([_percentile_by_hand(values, 1), _percentile_by_hand(values, 99)], abs=1e-5)
+    assert stats["theta"] == pytest.approx([-1.0, 1.0]) and stats["fur_y"] == pytest.approx([-1.0, 1.0])  # no spread
     # the far command does jump inside a window's history (0.25 m -> 0.5 m), as in real data
     np.testing.assert_allclose(a["ego_state"][rows[-1]][:, 8] + _arc(5), [0.25, 0.25, 0.25, 0.5, 0.5], atol=1e-5)
 

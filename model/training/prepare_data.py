@@ -330,9 +330,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the authors' scenario label folder (<clip>.json); without it skills come from the clip names")
     parser.add_argument("--out", required=True, type=Path, help="index folder to write")
     parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
-                        help="'authors': reproduce the authors' pipeline exactly (unwrapped relative heading, their "
-                             "validation list, clips skipped when a label file is missing or incomplete); "
-                             "'default': the same windows with the heading wrapped into [-pi, pi)")
+                        help="'authors': the authors' pipeline (unwrapped relative heading, their validation list, "
+                             "clips skipped when a label file is missing or incomplete); 'default': the same windows "
+                             "with the heading wrapped into [-pi, pi). Both skip windows with None/NaN values, named")
     parser.add_argument("--val-split", choices=SPLIT_RULES, default=AUTO,
                         help="'authors-list': the authors' 50 Bench2Drive-Base validation clips; 'hash': --val-fraction "
                              "of the clips by name hash; 'auto' (default): the authors' list when one of its clips is present")

@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["model", "model.*", "agent", "agent.*", "bench2drive_eval", "bench2drive_eval.*"]),
     include_package_data=True,
+    # the authors' validation clip list (a data file read by model/training/split.py)
+    package_data={"model.training": ["data/*.txt"]},
     install_requires=[
         # the network, inference and training
         "torch>=2.3",

@@ -84,7 +84,8 @@ for _skill, _names in {
         "VanillaSignalizedTurnEncounterRedLight",
         "VanillaSignalizedTurnEncounterGreenLight",
     ),
-    Skill.NORMAL: ("T_Junction", "VanillaNonSignalizedTurn", "VanillaSignalizedTurn", "NORMAL"),
+    # Bench2Drive-Base names its T-junction clips "TJunction_..." (docs/bench2drive_base_1000.json).
+    Skill.NORMAL: ("T_Junction", "TJunction", "VanillaNonSignalizedTurn", "VanillaSignalizedTurn", "NORMAL"),
 }.items():
     for _name in _names:
         _EXACT[_name] = _skill
@@ -96,7 +97,25 @@ _OVERTAKING_PREFIXES: tuple[str, ...] = (
     "ParkedObstacle",
     "VehicleOpensDoor",
 )
-_CLIP_NAME = re.compile(r"^(?P<scenario>.+?)_(?P<town>Town\d+[A-Za-z0-9]*)_Route(?P<route>\d+)_Weather(?P<weather>\d+)$")
+# The label names of the authors' released scenario-label files and the class each maps to, as in
+# their src/data/camera_scenario_map.py (get_scenario_id). Their data/data.md puts traffic-light
+# scenes under NORMAL; their code maps TRAFFIC_LIGHT to TRAFFIC_SIGN, and the code is what trained.
+AUTHORS_LABEL_NAMES: dict[str, Skill] = {
+    "MERGING": Skill.MERGING,
+    "MERGING_HIGHWAY": Skill.MERGING,
+    "MERGING_JUNCTION": Skill.MERGING,
+    "PARKING_EXIT": Skill.PARKING_EXIT,
+    "OVERTAKING": Skill.OVERTAKING,
+    "EMERGENCY_BRAKE": Skill.EMERGENCY_BRAKE,
+    "GIVEWAY": Skill.GIVEWAY,
+    "GIVEWAY_HIGHWAY": Skill.GIVEWAY,
+    "TRAFFIC_LIGHT": Skill.TRAFFIC_SIGN,
+    "TRAFFIC_SIGN": Skill.TRAFFIC_SIGN,
+    "NORMAL": Skill.NORMAL,
+}
+# The scenario is everything before "_Town<id>"; the rest is checked loosely because one
+# Bench2Drive-Base folder is cut short ("VehicleTurningRoutePedestrian_Town15_Route523_Weathe").
+_CLIP_NAME = re.compile(r"^(?P<scenario>.+?)_(?P<town>Town\d+[A-Za-z0-9]*)_Route(?P<route>\d+)(_W[a-z]*\d*)?$")
 
 
 def scenario_of_clip_name(clip_name: str) -> str:
@@ -120,10 +139,18 @@ def skill_of_scenario(scenario_type: str) -> Skill:
 
 
 def skill_from_name(name: str) -> Skill:
-    """A skill given by class name ('OVERTAKING') or by scenario type ('Accident')."""
+    """A skill given by class name ('OVERTAKING'), by a label name of the authors' scenario-label
+    files ('MERGING_HIGHWAY', 'TRAFFIC_LIGHT', ...) or by scenario type ('Accident')."""
+    if name in AUTHORS_LABEL_NAMES:
+        return AUTHORS_LABEL_NAMES[name]
     if name in SKILL_NAMES:
         return Skill[name]
-    return skill_of_scenario(name)
+    try:
+        return skill_of_scenario(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown skill label {name!r}: expected one of {sorted(AUTHORS_LABEL_NAMES)} or a Bench2Drive scenario type"
+        ) from None
 
 
 def most_critical(skills: Iterable[Skill | int]) -> Skill:

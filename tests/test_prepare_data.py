@@ -48,40 +48,40 @@ def test_windows_labels_split_and_broken_clips(tmp_path, capsys):
 
     index = read_index(out)
     assert set(index.clips) == {STRAIGHT.name, TURNING.name, THIRD.name}
-    # one window per frame with 4 frames before it and 9 after it
-    assert len(index) == sum(s.num_frames - 13 for s in (STRAIGHT, TURNING, THIRD))
+    # the authors' windows: N - 10 per clip, t = 0 … N-11
+    assert len(index) == sum(s.num_frames - 10 for s in (STRAIGHT, TURNING, THIRD))
     a = index.arrays
     # the split is by clip, never by window
     for clip_id in range(len(index.clips)):
         assert len(set(a["split"][a["clip"] == clip_id].tolist())) == 1
     assert len(index.rows(TRAIN)) > 0 and len(index.rows(VALIDATION)) > 0
+    assert json.loads((out / "index.json").read_text())["validation_rule"] == "hash"
 
     straight = index.clips.index(STRAIGHT.name)
     rows = np.flatnonzero(a["clip"] == straight)
-    assert a["frame"][rows].tolist() == list(range(4, STRAIGHT.num_frames - 9))
+    assert a["frame"][rows].tolist() == list(range(0, STRAIGHT.num_frames - 10))
     first = rows[0]
-    # waypoints: first at the origin, then 0.5 m apart straight ahead (5 m/s at 10 Hz)
-    np.testing.assert_allclose(a["actions"][first], np.stack([0.5 * np.arange(10), np.zeros(10)], 1), atol=1e-5)
+    # t = 0: a standing start, history all frame 0, waypoints from the ego box origin
+    xy, yaw = ego_track(STRAIGHT)
+    forward = (xy[:10] - xy[0]) @ np.array([math.cos(yaw[0]), math.sin(yaw[0])])
+    np.testing.assert_allclose(a["actions"][first], np.stack([forward, np.zeros(10)], 1), atol=1e-5)
     ego = a["ego_state"][first]
-    np.testing.assert_allclose(ego[:, 0], 5.0)  # speed
+    np.testing.assert_allclose(ego[:, 0], 0.0)  # speed of frame 0, five times
     np.testing.assert_allclose(ego[:, 7], 0.0, atol=1e-6)  # relative heading
-    # far target 30 m ahead of the clip start, seen from frame 4 (2 m driven): 28 m ahead, 0 m aside
-    np.testing.assert_allclose(ego[:, 8:10], [[28.0, 0.0]] * 5, atol=1e-4)
     # camera labels in the authors' format: NULL -> CAM_BACK (2), CAM_FRONT_LEFT -> 0
     labels_of_frames = dict(zip(a["frame"][rows].tolist(), a["camera"][rows].tolist()))
     assert labels_of_frames[7] == 2 and labels_of_frames[8] == 0
     assert set(a["skill"][rows].tolist()) == {int(Skill.OVERTAKING)}
 
-    turning = np.flatnonzero(a["clip"] == index.clips.index(TURNING.name))[0]
-    ego = a["ego_state"][turning]
-    # compass grows clockwise with a right turn: older steps are to the left (negative)
-    np.testing.assert_allclose(ego[:, 7], -0.5 * 0.1 * np.arange(4, -1, -1), atol=1e-5)
+    turning = np.flatnonzero(a["clip"] == index.clips.index(TURNING.name))[-1]
     xy, yaw = ego_track(TURNING)
     t = int(a["frame"][turning])
     c, s = math.cos(yaw[t]), math.sin(yaw[t])
     d = xy[t + 9] - xy[t]
     np.testing.assert_allclose(a["actions"][turning][9], [c * d[0] + s * d[1], -s * d[0] + c * d[1]], atol=1e-4)
     assert a["actions"][turning][9][1] > 0.1  # a right turn ends to the right (y right)
+    # compass grows clockwise with a right turn: older steps are to the left (negative)
+    np.testing.assert_allclose(a["ego_state"][turning][:, 7], yaw[t - 4 : t + 1] - yaw[t], atol=1e-5)
     assert set(a["skill"][a["clip"] == index.clips.index(TURNING.name)].tolist()) == {int(Skill.PARKING_EXIT)}
     assert set(a["skill"][a["clip"] == index.clips.index(THIRD.name)].tolist()) == {int(Skill.GIVEWAY)}
 
@@ -145,8 +145,7 @@ def test_bad_label_file_is_reported_by_name(tmp_path, capsys):
 
 def test_traffic_control_marks_traffic_sign_frames(tmp_path):
     spec = SynthClip(name="T_Junction_Town01_Route3_Weather0", num_frames=16)
-    xy, yaw = ego_track(spec)
-    annotation = frame_annotation(spec, 5, xy, yaw)
+    annotation = frame_annotation(spec, 5)
     assert not traffic_control_active(annotation)
     annotation["bounding_boxes"].append({"class": "traffic_light", "state": 0, "affects_ego": True})
     assert traffic_control_active(annotation)
@@ -164,7 +163,7 @@ def test_nested_layout_takes_the_scenario_from_the_parent_folder(tmp_path):
                      "--out", str(tmp_path / "index"), "--val-fraction", "0"]) == 0
     index = read_index(tmp_path / "index")
     assert index.clips == ("ParkedObstacle/Town05_weather3_route12",)
-    assert set(index.arrays["skill"].tolist()) == {int(Skill.OVERTAKING)} and len(index) == 2
+    assert set(index.arrays["skill"].tolist()) == {int(Skill.OVERTAKING)} and len(index) == 5
 
 
 def test_scenario_label_files_override_the_clip_name(tmp_path):

@@ -28,12 +28,15 @@ from model.training.train import (
 )
 from tests.b2d_synth import SynthClip, write_camera_labels, write_clip
 
-# One window per clip (14 frames = 4 history + current + 9 future); distinct skills and cameras.
+# One window per clip; distinct skills and cameras. 16 frames give the windows t = 0 … 5; frame 0 has no
+# speed (a Bench2Drive quirk), which removes t = 0 … 4 (they all read frame 0), leaving t = 5, whose front
+# t and t-1 images are different frames. The clips are cut out of a drive at cruise speed.
+CRUISE = dict(num_frames=16, standing_frames=0, overrides=((0, "speed", None),))
 CLIPS = (
-    (SynthClip(name="Accident_Town03_Route1_Weather1", num_frames=14, speed=5.0, seed=11), "NULL"),
-    (SynthClip(name="ParkingExit_Town04_Route2_Weather2", num_frames=14, speed=2.0, yaw_rate=0.6, seed=12), "CAM_FRONT_LEFT"),
-    (SynthClip(name="HighwayCutIn_Town06_Route3_Weather3", num_frames=14, speed=8.0, yaw_rate=-0.2, seed=13), "CAM_BACK_RIGHT"),
-    (SynthClip(name="BlockedIntersection_Town05_Route4_Weather4", num_frames=14, speed=1.0, seed=14), "CAM_FRONT_RIGHT"),
+    (SynthClip(name="Accident_Town03_Route1_Weather1", speed=5.0, start_speed=5.0, **CRUISE, seed=11), "NULL"),
+    (SynthClip(name="ParkingExit_Town04_Route2_Weather2", speed=2.0, start_speed=2.0, **CRUISE, yaw_rate=0.6, seed=12), "CAM_FRONT_LEFT"),
+    (SynthClip(name="HighwayCutIn_Town06_Route3_Weather3", speed=8.0, start_speed=8.0, **CRUISE, yaw_rate=-0.2, seed=13), "CAM_BACK_RIGHT"),
+    (SynthClip(name="BlockedIntersection_Town05_Route4_Weather4", speed=1.0, start_speed=1.0, **CRUISE, seed=14), "CAM_FRONT_RIGHT"),
 )
 PROMPT = [2, 17, 33, 108]  # fake ids of the tiny vocabulary, as in the reference fixtures
 

@@ -54,12 +54,13 @@ def image_slots(spec: SampleSpec, camera_class: int) -> list[int]:
     return list(range(len(MODEL_IMAGE_ORDER)))
 
 
-def _source_of_slot(slot: int, frame: int) -> tuple[str, int]:
-    """(camera, frame) read for an image slot: slot 1 is the front camera one 10 Hz frame earlier."""
+def _source_of_slot(slot: int, frame: int, first_frame: int = 0) -> tuple[str, int]:
+    """(camera, frame) read for an image slot: slot 1 is the front camera one 10 Hz frame earlier,
+    the clip's first frame again for a window at the clip start (as the authors' dataset.py does)."""
     if slot == 0:
         return FRONT, frame
     if slot == 1:
-        return FRONT, frame - 1
+        return FRONT, max(frame - 1, first_frame)
     return ROUTER_CANDIDATES[slot - 2], frame
 
 
@@ -121,8 +122,9 @@ class WindowDataset(Dataset):
         size = self.spec.image_size
         images = np.zeros((self.spec.num_images, 3, size, size), dtype=np.uint8)
         mask = np.zeros(self.spec.num_images, dtype=bool)
+        first_frame = self._clip(clip_id).frame_indices[0]
         for slot in image_slots(self.spec, camera_class):
-            camera, source_frame = _source_of_slot(slot, frame)
+            camera, source_frame = _source_of_slot(slot, frame, first_frame)
             images[slot] = self.load_image(clip_id, camera, source_frame)
             mask[slot] = True
         ego = torch.from_numpy(np.asarray(a["ego_state"][row], dtype=np.float32))

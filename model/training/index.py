@@ -8,10 +8,11 @@ An index folder holds:
     clips/            per-clip partial results, so an interrupted run continues where it stopped
 
 Window arrays (N rows): clip (int32, into `clips`), frame (int32, the current 10 Hz frame t),
-ego_state (float32 [N, 5, 10], raw units, steps t-4 .. t), actions (float32 [N, 10, 2], metres,
-ego frame of t, frames t .. t+9 so row 0 is the origin), camera (int8, router class 0-4),
-skill (int8, 0-6), split (int8, 0 train / 1 validation).
-The images of a window are front t, front t-1 and the other cameras at t, read from the clip.
+ego_state (float32 [N, 5, 10], raw units, steps t-4 .. t, frame 0 repeated before the clip
+start), actions (float32 [N, 10, 2], metres, ego frame of t, frames t .. t+9 so row 0 is the
+origin), camera (int8, router class 0-4), skill (int8, 0-6), split (int8, 0 train / 1 validation).
+The images of a window are front t, front t-1 (frame 0 again at t = 0) and the other cameras at t,
+read from the clip. model/training/windows.py defines which frames form the windows.
 """
 from __future__ import annotations
 

@@ -2,9 +2,12 @@
 
 Camera labels: `<clip name>.json`, a JSON object mapping the 10 Hz frame index (a string) to a
 camera name ("CAM_FRONT_LEFT", ...) or "NULL"; NULL is trained as CAM_BACK (router class 2).
-Scenario labels (optional): `<clip name>.json` mapping the frame index to a skill name
-("OVERTAKING"), a scenario type ("Accident"), a class id (0-6) or a list of these (a composite
-scene; the most safety-critical one wins). Without a scenario label file the skill comes from the
+Scenario labels (optional): `<clip name>.json` mapping the frame index to a label name. The
+authors' released files use the names of their camera_scenario_map.py (MERGING, MERGING_HIGHWAY,
+MERGING_JUNCTION, PARKING_EXIT, OVERTAKING, EMERGENCY_BRAKE, GIVEWAY, GIVEWAY_HIGHWAY,
+TRAFFIC_LIGHT -> TRAFFIC_SIGN, TRAFFIC_SIGN, NORMAL; model.skills.AUTHORS_LABEL_NAMES); a scenario
+type ("Accident"), a class id (0-6) or a list of these (a composite scene; the most
+safety-critical one wins) are accepted too. Without a scenario label file the skill comes from the
 clip's scenario type plus stop-sign / traffic-light influence read from the annotation.
 """
 from __future__ import annotations
@@ -37,6 +40,19 @@ def _read_frame_map(path: Path) -> dict:
         except ValueError:
             raise LabelError(f"label file {path}: frame key {key!r} is not an integer") from None
     return out
+
+
+def check_labels_cover_clip(path: Path, labels: dict, frames: tuple[int, ...]) -> None:
+    """LabelError unless the file labels exactly the clip's frames (the authors' generate_action.py
+    rejects a clip whose label count differs from its annotation count)."""
+    missing = sorted(set(frames) - set(labels))
+    extra = sorted(set(labels) - set(frames))
+    if missing or extra:
+        raise LabelError(
+            f"label file {path}: labels {len(labels)} frames, the clip has {len(frames)}"
+            f"{f'; missing frames {missing[:5]}' if missing else ''}{f'; extra frames {extra[:5]}' if extra else ''}"
+            " (--layout authors skips such clips, as the authors' pipeline does)"
+        )
 
 
 def label_file(label_dir: Path, clip_name: str) -> Path:

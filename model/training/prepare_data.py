@@ -1,19 +1,18 @@
 """`drivemoe prepare-data`: walk Bench2Drive clips once and write the training-window index.
 
 Per clip: check the frames (no gaps, readable annotations, all six JPEGs present and complete),
-build one window per frame t with 4 earlier frames and 9 later ones (5 conditioning steps and 10
-future waypoints at 10 Hz, the first waypoint being the current position), compute the ego-state
-history with the agent's own definition (model.ego_state.ego_history_from_world_records), attach
-the camera label (NULL -> CAM_BACK) and the skill label. Broken clips are reported by name and
-skipped. Each finished clip is saved under <out>/clips/, so a rerun continues where it stopped.
-Finally the validation clips are chosen (a fixed hash order of clip names), the statistics of the
-training split are computed with the authors' percentile rule, and the index is written.
+build the windows of the authors' geometry (model/training/windows.py: N - 10 per clip, history
+padded with frame 0), compute the ego-state history with the agent's own definition
+(model.ego_state), attach the camera label (NULL -> CAM_BACK) and the skill label. A window whose
+frames hold a missing / None / NaN value is skipped and named (clip, frame, field); broken clips
+are reported by name and skipped. Each finished clip is saved under <out>/clips/, so a rerun
+continues where it stopped. Finally the validation clips are chosen (model/training/split.py), the
+statistics of the training split are computed with the authors' percentile rule, and the index is
+written. `--layout authors` reproduces the authors' pipeline (see docs/training.md for the list).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,21 +22,33 @@ from tqdm import tqdm
 
 from bench2drive_eval.jsonio import read_json, write_json_atomic
 from model.dataset.b2d_clip import ANNO_FOLDER, CAMERA_NAMES, B2DClip, ClipError
-from model.ego_state import EgoWorldRecord, ego_history_from_world_records, world_to_ego
 from model.errors import DriveMoEError
 from model.skills import scenario_of_clip_name
 from model.training.index import COND_STEPS, HORIZON_STEPS, TRAIN, VALIDATION, write_index
 from model.training.labels import (
     LabelError,
+    check_labels_cover_clip,
     label_file,
     read_camera_labels,
     read_scenario_labels,
     skill_of_frame_annotation,
 )
+from model.training.split import AUTHORS_LIST, AUTO, SPLIT_RULES, resolve_split_rule, validation_clips
 from model.training.statistics import compute_statistics, write_statistics
+from model.training.windows import (
+    AUTHORS_LAYOUT,
+    DEFAULT_LAYOUT,
+    LAYOUTS,
+    MIN_FRAMES,
+    build_window,
+    read_frame,
+    window_problem,
+    window_starts,
+)
 
 CLIP_RESULTS = "clips"
 SETTINGS_FILE = "settings.json"
+DROP_REASONS: tuple[str, ...] = ("no_camera_label", "no_scenario_label", "bad_value")
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class PrepareSettings:
     scenario_labels: str | None
     val_fraction: float = 0.05
     check_images: bool = True
+    layout: str = DEFAULT_LAYOUT
+    val_split: str = AUTO
 
 
 def discover_clips(root: Path) -> list[str]:
@@ -69,88 +82,53 @@ def discover_clips(root: Path) -> list[str]:
     return found
 
 
-def validation_clips(clips: list[str], fraction: float) -> set[str]:
-    """A fixed, order-independent choice: the clips with the smallest sha1 of their name."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
-    count = int(round(fraction * len(clips)))
-    if fraction > 0 and len(clips) > 1:
-        count = max(count, 1)
-    ranked = sorted(clips, key=lambda name: hashlib.sha1(name.encode("utf-8")).hexdigest())
-    return set(ranked[:count])
-
-
-def _number(annotation: dict, key: str, where: str, none_as_zero: bool = False) -> float:
-    value = annotation.get(key)
-    if value is None and none_as_zero:  # Bench2Drive records None for some speedometer/yaw readings
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ClipError(f"{where}: annotation field {key!r} is {value!r}, expected a finite number")
-    return float(value)
-
-
-def _vector(annotation: dict, key: str, where: str) -> tuple[float, float, float]:
-    value = annotation.get(key)
-    if not (isinstance(value, (list, tuple)) and len(value) == 3):
-        raise ClipError(f"{where}: annotation field {key!r} is {value!r}, expected 3 numbers")
-    out = tuple(float(v) if v is not None else 0.0 for v in value)
-    if not all(math.isfinite(v) for v in out):
-        raise ClipError(f"{where}: annotation field {key!r} has a non-finite value {value!r}")
-    return out  # type: ignore[return-value]
-
-
-def world_record(annotation: dict, where: str) -> EgoWorldRecord:
-    """The shared ego-state record of one dataset frame (annotation `theta` is the compass)."""
-    return EgoWorldRecord(
-        x=_number(annotation, "x", where),
-        y=_number(annotation, "y", where),
-        compass=_number(annotation, "theta", where, none_as_zero=True),
-        speed=_number(annotation, "speed", where, none_as_zero=True),
-        acceleration=_vector(annotation, "acceleration", where),
-        angular_velocity=_vector(annotation, "angular_velocity", where),
-        command_far=(_number(annotation, "x_command_far", where), _number(annotation, "y_command_far", where)),
-    )
-
-
-def build_window(records: list[EgoWorldRecord], current: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ego_state [5, 10] raw, actions [10, 2] metres) of the window whose current step is `current`."""
-    history = records[current - COND_STEPS + 1 : current + 1]
-    ego = ego_history_from_world_records(history).as_array()
-    now = records[current]
-    future = np.array([(r.x, r.y) for r in records[current : current + HORIZON_STEPS]], dtype=np.float64)
-    actions = world_to_ego(future, np.array([now.x, now.y]), now.compass).astype(np.float32)
-    return ego, actions
+def _labels_of_clip(settings: PrepareSettings, clip: B2DClip) -> tuple[dict | None, dict | None]:
+    """(camera labels, scenario labels) of a clip; None where the folder is not given or (scenario,
+    default layout) the clip has no file. The authors' layout skips a clip whose files are missing or
+    do not cover every frame, as their generate_action.py does."""
+    authors = settings.layout == AUTHORS_LAYOUT
+    camera = None
+    if settings.camera_labels is not None:
+        path = label_file(Path(settings.camera_labels), clip.name)
+        camera = read_camera_labels(path)
+        if authors:
+            check_labels_cover_clip(path, camera, clip.frame_indices)
+    scenario = None
+    if settings.scenario_labels is not None:
+        path = label_file(Path(settings.scenario_labels), clip.name)
+        if path.exists() or authors:
+            scenario = read_scenario_labels(path)
+            if authors:
+                check_labels_cover_clip(path, scenario, clip.frame_indices)
+    return camera, scenario
 
 
 def process_clip(root: Path, relative: str, settings: PrepareSettings) -> dict:
     """Windows of one clip as arrays plus counts; raises ClipError / LabelError when it must be skipped."""
     clip = B2DClip(Path(root) / relative)
     frames = clip.frame_indices
-    if len(frames) < COND_STEPS + HORIZON_STEPS - 1:
-        raise ClipError(f"clip {clip.name}: only {len(frames)} frames, a window needs {COND_STEPS + HORIZON_STEPS - 1}")
+    if len(frames) < MIN_FRAMES:
+        raise ClipError(f"clip {clip.name}: only {len(frames)} frames, a window needs {MIN_FRAMES}")
     gaps = clip.missing_frames()
     if gaps:
         shown = gaps[:10]
         raise ClipError(f"clip {clip.name}: missing frames {shown}{' ...' if len(gaps) > 10 else ''}")
-    records = [world_record(clip.annotation(i), f"clip {clip.name} frame {i}") for i in frames]
+    annotations = [clip.annotation(i) for i in frames]
+    values = [read_frame(a) for a in annotations]
     if settings.check_images:
         for i in frames:
             for camera in CAMERA_NAMES:
                 clip.check_image(camera, i)
-    camera_labels = None
-    if settings.camera_labels is not None:
-        camera_labels = read_camera_labels(label_file(Path(settings.camera_labels), clip.name))
-    scenario_labels = None
-    if settings.scenario_labels is not None:
-        path = label_file(Path(settings.scenario_labels), clip.name)
-        if path.exists():
-            scenario_labels = read_scenario_labels(path)
+    camera_labels, scenario_labels = _labels_of_clip(settings, clip)
     # Base naming <Scenario>_<Town>_Route<id>_Weather<id>; the upstream docs' nested naming
     # <scenario>/<Town>_weather<id>_route<id> carries the scenario in the parent folder.
-    scenario_type = relative.split("/")[0] if "/" in relative else scenario_of_clip_name(clip.name)
+    scenario_type = None
+    if scenario_labels is None:
+        scenario_type = relative.split("/")[0] if "/" in relative else scenario_of_clip_name(clip.name)
     out = {"frame": [], "ego_state": [], "actions": [], "camera": [], "skill": []}
-    dropped = {"no_camera_label": 0, "no_scenario_label": 0}
-    for position in range(COND_STEPS - 1, len(frames) - HORIZON_STEPS + 1):
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    problems = []
+    for position in window_starts(len(frames)):
         frame = frames[position]
         if camera_labels is not None and frame not in camera_labels:
             dropped["no_camera_label"] += 1
@@ -161,8 +139,13 @@ def process_clip(root: Path, relative: str, settings: PrepareSettings) -> dict:
                 continue
             skill = int(scenario_labels[frame])
         else:
-            skill = int(skill_of_frame_annotation(scenario_type, clip.annotation(frame)))
-        ego, actions = build_window(records, position)
+            skill = int(skill_of_frame_annotation(scenario_type, annotations[position]))
+        problem = window_problem(values, frames, position)
+        if problem is not None:
+            dropped["bad_value"] += 1
+            problems.append(f"clip {clip.name} window t={frame}: {problem}")
+            continue
+        ego, actions = build_window(values, position, settings.layout)
         out["frame"].append(frame)
         out["ego_state"].append(ego)
         out["actions"].append(actions)
@@ -175,6 +158,7 @@ def process_clip(root: Path, relative: str, settings: PrepareSettings) -> dict:
         "camera": np.asarray(out["camera"], dtype=np.int8),
         "skill": np.asarray(out["skill"], dtype=np.int8),
         "dropped": dropped,
+        "problems": problems,
     }
 
 
@@ -191,8 +175,9 @@ def _process_and_store(args: tuple[Path, str, PrepareSettings, Path]) -> tuple[s
         write_json_atomic(stem.with_suffix(".failed.json"), {"clip": relative, "reason": str(error)})
         return relative, str(error)
     dropped = result.pop("dropped")
+    problems = result.pop("problems")
     tmp = stem.with_suffix(".tmp.npz")
-    np.savez(tmp, **result, dropped=np.array([dropped["no_camera_label"], dropped["no_scenario_label"]]))
+    np.savez(tmp, **result, dropped=np.array([dropped[k] for k in DROP_REASONS]), problems=np.array(problems, dtype=str))
     tmp.replace(stem.with_suffix(".npz"))
     failed = stem.with_suffix(".failed.json")
     if failed.exists():
@@ -213,11 +198,29 @@ def _check_settings(out_dir: Path, settings: PrepareSettings) -> None:
         write_json_atomic(path, asdict(settings))
 
 
+def check_settings(settings: PrepareSettings) -> None:
+    """ValueError naming the setting when it cannot be used."""
+    if settings.layout not in LAYOUTS:
+        raise ValueError(f"--layout {settings.layout!r} is not one of {LAYOUTS}")
+    if settings.val_split not in SPLIT_RULES:
+        raise ValueError(f"--val-split {settings.val_split!r} is not one of {SPLIT_RULES}")
+    if not 0.0 <= settings.val_fraction < 1.0:  # also rejects NaN
+        raise ValueError(f"--val-fraction must be in [0, 1), got {settings.val_fraction}")
+
+
+def split_rule(settings: PrepareSettings, clips: list[str]) -> str:
+    """The validation rule used: the authors' list for --layout authors unless another is asked for."""
+    if settings.layout == AUTHORS_LAYOUT and settings.val_split == AUTO:
+        return AUTHORS_LIST
+    return resolve_split_rule(settings.val_split, clips)
+
+
 def prepare(
     root: Path, out_dir: Path, settings: PrepareSettings, workers: int = 1, retry_failed: bool = False, restart: bool = False
 ) -> dict:
     """Run the whole preparation; returns the report that is also written to <out>/report.json."""
     root, out_dir = Path(root), Path(out_dir)
+    check_settings(settings)
     if settings.camera_labels is not None and not Path(settings.camera_labels).is_dir():
         raise FileNotFoundError(f"camera label folder {settings.camera_labels} is not a directory")
     if settings.scenario_labels is not None and not Path(settings.scenario_labels).is_dir():
@@ -258,11 +261,13 @@ def prepare(
 
 def assemble(root: Path, out_dir: Path, clips: list[str], settings: PrepareSettings, resumed: int) -> dict:
     """Collect the per-clip results into the index, the split, the statistics and the report."""
-    val = validation_clips(clips, settings.val_fraction)
+    rule = split_rule(settings, clips)
+    val = validation_clips(clips, rule, settings.val_fraction)
     kept: list[str] = []
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("clip", "frame", "ego_state", "actions", "camera", "skill", "split")}
     skipped = {}
-    dropped = {"no_camera_label": 0, "no_scenario_label": 0}
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    bad_values: dict[str, list[str]] = {}
     for relative in clips:
         stem = _result_stem(out_dir, relative)
         if stem.with_suffix(".failed.json").exists():
@@ -270,10 +275,13 @@ def assemble(root: Path, out_dir: Path, clips: list[str], settings: PrepareSetti
             continue
         with np.load(stem.with_suffix(".npz")) as data:
             n = int(data["frame"].shape[0])
-            dropped["no_camera_label"] += int(data["dropped"][0])
-            dropped["no_scenario_label"] += int(data["dropped"][1])
+            for k, reason in enumerate(DROP_REASONS):
+                dropped[reason] += int(data["dropped"][k])
+            problems = [str(p) for p in data["problems"]]
+            if problems:
+                bad_values[relative] = problems
             if n == 0:
-                skipped[relative] = "no window has labels"
+                skipped[relative] = f"no usable window ({problems[0]})" if problems else "no window has labels"
                 continue
             clip_id = len(kept)
             kept.append(relative)
@@ -291,6 +299,7 @@ def assemble(root: Path, out_dir: Path, clips: list[str], settings: PrepareSetti
     write_statistics(out_dir / "statistics.json", statistics)
     meta = {
         "validation_clips": sorted(c for c in kept if c in val),
+        "validation_rule": rule,
         "settings": asdict(settings),
         "camera_counts": np.bincount(arrays["camera"][train], minlength=5).tolist(),
         "skill_counts": np.bincount(arrays["skill"][train], minlength=7).tolist(),
@@ -304,7 +313,10 @@ def assemble(root: Path, out_dir: Path, clips: list[str], settings: PrepareSetti
         "windows": int(arrays["frame"].shape[0]),
         "train_windows": int(np.sum(train)),
         "validation_windows": int(np.sum(~train)),
+        "validation_rule": rule,
+        "validation_clips": len([c for c in kept if c in val]),
         "dropped_windows": dropped,
+        "bad_values": bad_values,
     }
     write_json_atomic(out_dir / "report.json", report)
     return report
@@ -314,9 +326,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path, help="Bench2Drive-Base folder (one folder per clip)")
     parser.add_argument("--camera-labels", type=Path,
                         help="the authors' camera label folder (<clip>.json); needed for DriveMoE, not for Drive-pi0")
-    parser.add_argument("--scenario-labels", type=Path, help="optional scenario label folder (<clip>.json)")
+    parser.add_argument("--scenario-labels", type=Path,
+                        help="the authors' scenario label folder (<clip>.json); without it skills come from the clip names")
     parser.add_argument("--out", required=True, type=Path, help="index folder to write")
-    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of clips held out (default 0.05: 50 of 1000)")
+    parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                        help="'authors': the authors' pipeline (unwrapped relative heading, their validation list, "
+                             "clips skipped when a label file is missing or incomplete); 'default': the same windows "
+                             "with the heading wrapped into [-pi, pi). Both skip windows with None/NaN values, named")
+    parser.add_argument("--val-split", choices=SPLIT_RULES, default=AUTO,
+                        help="'authors-list': the authors' 50 Bench2Drive-Base validation clips; 'hash': --val-fraction "
+                             "of the clips by name hash; 'auto' (default): the authors' list when one of its clips is present")
+    parser.add_argument("--val-fraction", type=float, default=0.05,
+                        help="share of clips held out by --val-split hash (default 0.05: 50 of 1000)")
     parser.add_argument("--workers", type=int, default=1, help="parallel clip readers")
     parser.add_argument("--no-image-check", action="store_true", help="skip the JPEG marker check of every image")
     parser.add_argument("--retry-failed", action="store_true", help="retry clips that failed in an earlier run")
@@ -330,13 +351,18 @@ def main(args: argparse.Namespace) -> int:
         scenario_labels=str(Path(args.scenario_labels).resolve()) if args.scenario_labels else None,
         val_fraction=args.val_fraction,
         check_images=not args.no_image_check,
+        layout=args.layout,
+        val_split=args.val_split,
     )
     report = prepare(args.root, args.out, settings, workers=args.workers, retry_failed=args.retry_failed, restart=args.restart)
     print(
         f"{report['windows']} windows ({report['train_windows']} train, {report['validation_windows']} validation) "
         f"from {report['clips_used']} of {report['clips_found']} clips; {len(report['skipped'])} skipped"
     )
+    print(f"validation: {report['validation_clips']} clips by the {report['validation_rule']} rule")
     for clip, reason in report["skipped"].items():
         print(f"  skipped {clip}: {reason}")
+    for clip, problems in report["bad_values"].items():
+        print(f"  {len(problems)} window(s) of {clip} skipped for bad values, first: {problems[0]}")
     print(f"index written to {args.out}")
     return 0

@@ -63,8 +63,13 @@ def compute_statistics(ego_state: np.ndarray, actions: np.ndarray) -> dict[str, 
     }
 
 
+AUTHORS_JSON_INDENT = 4  # their get_statistics.py writes json.dump(data, f, indent=4)
+
+
 def write_statistics(path: Path, statistics: dict[str, list[float]]) -> None:
-    write_json_atomic(Path(path), statistics)
+    """Write in the authors' layout: the keys in their order, [p01, p99] each, indent 4."""
+    write_json_atomic(Path(path), {key: [float(v) for v in statistics[key]] for key in STATISTICS_KEYS},
+                      indent=AUTHORS_JSON_INDENT)
 
 
 def read_statistics(path: Path) -> dict[str, tuple[float, float]]:

@@ -15,6 +15,8 @@ setup(
         "torch>=2.3",
         # SigLIP/Gemma reference forward in the parity tests, the PaliGemma tokenizer and HF weight folders
         "transformers>=4.45",
+        # `drivemoe download`: released checkpoints and the PaliGemma tokenizer from the Hugging Face Hub
+        "huggingface_hub>=0.23",
         # checkpoints without pickle
         "safetensors>=0.4",
         "numpy>=1.24",

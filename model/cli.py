@@ -15,6 +15,7 @@ from model.errors import DriveMoEError as UserError  # noqa: F401  (re-exported 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("agent.demo.command", "run the built-in demo: no CARLA, no GPU, no downloaded weights"),
+    "download": ("model.download", "download a released checkpoint (+ the PaliGemma tokenizer), convert it, write agent configs"),
     "convert": ("model.convert", "convert an authors' checkpoint into model.safetensors + config.json"),
     "predict": ("model.predict", "run the network on a fixture-format inputs.safetensors"),
     "bench": ("model.bench", "benchmark inference latency and memory per stage"),

@@ -180,3 +180,20 @@ def test_convert_output_that_cannot_be_written(drivemoe_reference, tmp_path, cap
     code, err = run_convert(folder / "official_checkpoint.pt", folder / "config.json", tmp_path / "out", capsys)
     assert code == 2 and "No space left on device" in err
     assert not list((tmp_path / "out").iterdir()) and not list(tmp_path.glob(".*partial"))
+
+
+def test_cpu_thread_default_and_drivemoe_threads(monkeypatch, capsys) -> None:
+    import torch
+
+    from model.cli import default_threads
+
+    assert [default_threads({}, cores) for cores in (1, 2, 4, 8, 64)] == [1, 1, 2, 4, 4]
+    assert default_threads({"DRIVEMOE_THREADS": "3"}, 64) == 3
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("DRIVEMOE_THREADS", bad)
+        assert cli_main(["predict", "--model", "m", "--inputs", "i", "--out", "o"]) == 2
+        assert f"DRIVEMOE_THREADS={bad!r}: expected a whole number >= 1" in capsys.readouterr().err
+    monkeypatch.setenv("DRIVEMOE_THREADS", "2")
+    cli_main(["predict", "--model", "m", "--inputs", "missing.safetensors", "--out", "o"])
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)

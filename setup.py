@@ -36,6 +36,10 @@ setup(
     extras_require={
         # the CARLA 0.9.15 Python client for Python 3.10-3.12 (import name `carla`)
         "carla": ["carla-0-9-15"],
+        # the upstream Bench2Drive evaluator's own imports (leaderboard/ and scenario_runner/ requirements.txt,
+        # unpinned: their pins have no wheels for Python 3.10+)
+        "evaluator": ["py-trees==0.8.3", "dictor", "tabulate", "transforms3d", "shapely", "networkx", "psutil", "xmlschema",
+                      "ephem", "six", "simple-watchdog-timer", "requests", "pexpect"],
         # optional TensorBoard logs of `drivemoe train`
         "tensorboard": ["tensorboard>=2.14"],
         "test": ["pytest>=7", "pytest-timeout>=2.1", "sentencepiece>=0.1.99", "tokenizers>=0.15", "tensorboard>=2.14"],

@@ -103,18 +103,19 @@ def test_written_config_drives_the_leaderboard_agent(hub, tmp_path, drivemoe_ref
 
     weights = tmp_path / "weights"
     assert download(weights) == 0
+    assert download(weights, release="drivepi0-base-fp32") == 0
     monkeypatch.delenv("SAVE_PATH", raising=False)
     frames = {}
     for camera, name in {"CAM_FRONT": "f", "CAM_FRONT_LEFT": "fl", "CAM_FRONT_RIGHT": "fr", "CAM_BACK": "b",
                          "CAM_BACK_LEFT": "bl", "CAM_BACK_RIGHT": "br"}.items():
         frames[camera] = cv2.cvtColor(cv2.imread(str(drivemoe_reference / "sample_frame" / f"example_{name}.jpg")), cv2.COLOR_BGR2BGRA)
-    for preset in ("default", "official"):
+    for release, preset in (("drivemoe-base-bf16", "default"), ("drivemoe-base-bf16", "official"), ("drivepi0-base-fp32", "default")):
         agent = getattr(drivemoe_agent, drivemoe_agent.get_entry_point())("localhost", 2000, False)
         world = [(carla.Transform(carla.Location(x=float(i), y=0.0)), RoadOption.LANEFOLLOW) for i in range(200)]
         gps = [(location_to_gps(42.0, 2.0, float(i), 0.0), RoadOption.LANEFOLLOW) for i in range(200)]
         agent.set_global_plan(gps, world)
         # the evaluator appends "+<save_name>" to --agent-config
-        agent.setup(f"{weights / 'drivemoe-base-bf16' / f'agent_{preset}.yaml'}+RouteScenario_1_rep0")
+        agent.setup(f"{weights / release / f'agent_{preset}.yaml'}+RouteScenario_1_rep0")
         autonomous_agent.GameTime.reset()
         for tick in range(14):  # the first model call is on tick 11
             gnss = location_to_gps(42.0, 2.0, 0.1 * tick, 0.0)

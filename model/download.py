@@ -353,12 +353,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _download(args)
+    except KeyboardInterrupt:
+        raise DownloadError("interrupted; run the same command again to continue (finished files are kept)") from None
+    except FileNotFoundError as error:
+        raise DownloadError(str(error)) from None
+    except OSError as error:  # a folder or file of --out that cannot be created or written
+        where = error.filename or args.out
+        raise DownloadError(f"cannot write {where}: {error.strerror or error}") from None
+
+
+def _download(args: argparse.Namespace) -> int:
     release = RELEASES[args.release]
     root = Path(args.out)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DownloadError(f"cannot create {root}: {error.strerror}") from None
+    root.mkdir(parents=True, exist_ok=True)
     token = resolve_token(args.token)
     tokenizer = None
     if not args.no_convert:

@@ -249,3 +249,10 @@ def test_shipped_agent_configs_point_at_what_download_writes(hub, tmp_path) -> N
         assert folder.parent == (checkout / "weights").resolve(), f"{path.name}: checkpoint {folder} is not a weights/ folder"
         assert folder.name in RELEASES, f"{path.name}: {folder.name} is not a folder `drivemoe download` writes"
         load_pretrained(folder)
+
+
+def test_out_folder_that_cannot_be_created(hub, tmp_path, capsys) -> None:
+    (tmp_path / "a_file").write_text("x")
+    assert download(tmp_path / "a_file" / "weights") == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "a_file" in err and "Traceback" not in err

@@ -366,6 +366,10 @@ def main(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     release = RELEASES[args.release]
+    if args.preset:
+        from model.config import ModelConfig
+
+        ModelConfig.preset(args.preset)  # an unknown name fails now, not after a 13 GB transfer
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     token = resolve_token(args.token)

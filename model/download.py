@@ -148,6 +148,9 @@ class HubFile:
             hint = "" if self.token else " (no token given: a private or gated repo needs one)"
             raise DownloadError(f"{self.endpoint}/{self.repo}: repository not found or not accessible with this token{hint}") from None
         except errors.HfHubHTTPError as error:
+            if getattr(getattr(error, "response", None), "status_code", None) == 401:
+                raise DownloadError(f"{self.endpoint} rejected the Hugging Face token (HTTP 401, {_first_line(error)}): "
+                                    f"check --token / HF_TOKEN, or log in again with `hf auth login`") from None
             raise DownloadError(f"{self.url}: {_first_line(error)}") from None
         except Exception as error:  # connection refused, DNS, timeout, proxy: no network to the hub
             raise DownloadError(

@@ -29,6 +29,7 @@ class HubDouble:
         self.requests: list[tuple[str, str, str | None, str | None]] = []  # (method, path, Range, Authorization)
         self.cut_after: dict[str, int] = {}
         self.outage = False
+        self.invalid_tokens: set[str] = set()  # answered as the hub answers an expired or mistyped token
         self.bytes_sent: dict[str, int] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -60,7 +61,8 @@ class HubDouble:
             def _error(self, status: int, code: str, message: str) -> None:
                 body = message.encode()
                 self.send_response(status)
-                self.send_header("X-Error-Code", code)
+                if code:
+                    self.send_header("X-Error-Code", code)
                 self.send_header("X-Error-Message", message)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -73,6 +75,8 @@ class HubDouble:
                 if not match:
                     return self._error(404, "RepoNotFound", "not a resolve url")
                 repo_id, _revision, filename = match.groups()
+                if self.headers.get("Authorization", "").removeprefix("Bearer ") in hub.invalid_tokens:
+                    return self._error(401, "", "Invalid credentials in Authorization header")
                 repo = hub.repos.get(repo_id)
                 if repo is None:
                     return self._error(401, "RepoNotFound", "Repository not found")

@@ -161,6 +161,10 @@ def test_tokenizer_token_errors_come_before_the_checkpoint_transfer(hub, tmp_pat
     assert download(weights, token="hf_not_accepted") == 2
     err = capsys.readouterr().err
     assert "HTTP 403" in err and "accept the licence" in err and f"{hub.endpoint}/{TOKENIZER_REPO}" in err
+    hub.invalid_tokens.add("hf_expired")
+    assert download(weights, token="hf_expired") == 2
+    err = capsys.readouterr().err
+    assert "rejected the Hugging Face token (HTTP 401" in err and "hf auth login" in err
     assert not any(path.endswith(".pt") for _, path, _, _ in hub.requests)
     # a tokenizer folder on disk needs no token at all
     tokenizer = build_fixture_vocab_tokenizer(tmp_path / "tok")

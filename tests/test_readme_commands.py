@@ -26,10 +26,16 @@ def code_blocks(text: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
+INLINE_COMMAND = re.compile(r"`((?:drivemoe|bench2drive-eval|python -m) [^`]+)`")
+
+
 def commands(doc: str) -> list[list[str]]:
-    """Each shell command of the doc's bash blocks as tokens (continuations joined, comments dropped)."""
+    """Each shell command of the doc's bash blocks, and each inline `drivemoe ...` / `bench2drive-eval ...` /
+    `python -m ...` span of its prose, as tokens (continuations joined, comments dropped)."""
     out = []
-    for block in code_blocks((REPO_ROOT / doc).read_text(encoding="utf-8")):
+    text = (REPO_ROOT / doc).read_text(encoding="utf-8")
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for block in [*code_blocks(text), *INLINE_COMMAND.findall(prose)]:
         for line in block.replace("\\\n", " ").splitlines():
             for part in re.split(r"&&|;", line):
                 tokens = shlex.split(part, comments=True)
@@ -90,7 +96,7 @@ def test_download_release_names_in_the_docs_exist() -> None:
     from model.download import RELEASES
 
     for doc, tokens in all_commands():
-        if tokens[:2] == ["drivemoe", "download"]:
+        if tokens[:2] == ["drivemoe", "download"] and len(tokens) > 2:
             assert tokens[2] in RELEASES, f"{doc}: {tokens[2]} is not a release"
     text = (REPO_ROOT / "README.md").read_text(encoding="utf-8") + (REPO_ROOT / "weights/README.md").read_text(encoding="utf-8")
     for name in re.findall(r"weights/([a-z0-9-]+)(?=[/`\s])", text):
@@ -181,3 +187,16 @@ def test_run_outputs_named_in_the_readme_match_the_runner_layout(tmp_path) -> No
         if tokens[:2] == ["bench2drive-eval", "metrics"] and value_after(tokens, "--save-path"):
             run = Path(tokens[2])
             assert Path(value_after(tokens, "--save-path")) == run / layout.save_path.name, f"{doc}: --save-path is not the run's save/"
+
+
+def test_python_module_commands_exist() -> None:
+    seen = 0
+    for doc, tokens in all_commands():
+        if tokens[:2] == ["python", "-m"] and tokens[2] != "pytest":
+            source = REPO_ROOT / (tokens[2].replace(".", "/") + ".py")
+            assert source.is_file(), f"{doc}: no module {tokens[2]}"
+            text = source.read_text(encoding="utf-8")
+            for flag in flags(tokens):
+                assert f'"{flag}"' in text, f"{doc}: {tokens[2]} has no {flag}"
+            seen += 1
+    assert seen >= 1

@@ -178,6 +178,7 @@ class HubFile:
             if sha256_of(dest) == etag:
                 _write_text_atomically(sidecar, etag + "\n")
                 return dest
+            print(f"{dest} differs from the hub's {self.filename} (sha256): downloading it again")
         part = dest.with_name(dest.name + ".part")
         have = part.stat().st_size if part.is_file() else 0
         if expected is not None and have > expected:
@@ -290,7 +291,7 @@ def agent_config_text(release_name: str, preset: str, device: str) -> str:
             f"preset: {preset}\n")
 
 
-def already_converted(folder: Path, sha256: str | None, preset: str) -> bool:
+def already_converted(folder: Path, sha256: str | None, settings: dict) -> bool:
     import json
 
     config = folder / "config.json"
@@ -301,7 +302,7 @@ def already_converted(folder: Path, sha256: str | None, preset: str) -> bool:
     except (OSError, ValueError):
         return False
     source = payload.get("source") or {}
-    return sha256 is not None and source.get("official_sha256") == sha256 and source.get("preset") == preset
+    return sha256 is not None and source.get("official_sha256") == sha256 and all(source.get(k) == v for k, v in settings.items())
 
 
 def convert_release(official: Path, out: Path, release: Release, preset: str, dtype: str, tokenizer: Path,
@@ -313,7 +314,8 @@ def convert_release(official: Path, out: Path, release: Release, preset: str, dt
 
     sidecar = official.with_name(official.name + ".sha256")
     sha256 = sidecar.read_text().strip() if sidecar.is_file() else None
-    if already_converted(out, sha256, preset):
+    settings = {"preset": preset, "stored_dtype": dtype, "shrink_text_embedding": shrink}
+    if already_converted(out, sha256, settings):
         print(f"{out} is already converted from {official.name} (sha256 {sha256[:12]}...)")
     else:
         config = ModelConfig.preset(preset)
@@ -323,7 +325,7 @@ def convert_release(official: Path, out: Path, release: Release, preset: str, dt
         shutil.rmtree(staging, ignore_errors=True)
         try:
             result = convert_official(official, config, staging, dtype=dtype, prompt_ids=prompt_ids, shrink_text_embedding=shrink,
-                                      source_extra={"official_sha256": sha256, "preset": preset, "release": release.name})
+                                      source_extra={"official_sha256": sha256, "release": release.name, **settings})
             for agent_preset in AGENT_PRESETS:
                 (staging / f"agent_{agent_preset}.yaml").write_text(agent_config_text(release.name, agent_preset, device), encoding="utf-8")
             if out.exists():

@@ -88,6 +88,11 @@ def test_download_converts_and_writes_agent_configs(hub, tmp_path, capsys) -> No
     assert download(weights) == 0
     assert len([r for r in hub.requests if r[0] == "GET"]) == before
     assert "already converted" in capsys.readouterr().out
+    # other conversion settings convert again, from the file already there
+    assert download(weights, "--dtype", "float32") == 0
+    assert "already converted" not in capsys.readouterr().out
+    assert str(load_pretrained(folder)[0].dtype) == "torch.float32"
+    assert len([r for r in hub.requests if r[0] == "GET"]) == before
 
 
 def test_written_config_drives_the_leaderboard_agent(hub, tmp_path, drivemoe_reference, monkeypatch) -> None:

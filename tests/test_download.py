@@ -265,3 +265,17 @@ def test_out_folder_that_cannot_be_created(hub, tmp_path, capsys) -> None:
     assert download(tmp_path / "a_file" / "weights") == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "a_file" in err and "Traceback" not in err
+
+
+def test_a_damaged_local_file_is_fetched_again(hub, tmp_path, capsys) -> None:
+    weights = tmp_path / "weights"
+    name = "DrivePi0_Base_bf16.pt"
+    assert download(weights, release="drivepi0-base-bf16") == 0
+    official = weights / "official" / name
+    (weights / "official" / (name + ".sha256")).unlink()
+    data = bytearray(official.read_bytes())
+    data[100] ^= 0xFF
+    official.write_bytes(bytes(data))
+    assert download(weights, release="drivepi0-base-bf16") == 0
+    assert "differs from the hub's" in capsys.readouterr().out
+    assert official.read_bytes() == hub.repos["rethinklab/DriveMoE"].files[name]

@@ -200,3 +200,13 @@ def test_python_module_commands_exist() -> None:
                 assert f'"{flag}"' in text, f"{doc}: {tokens[2]} has no {flag}"
             seen += 1
     assert seen >= 1
+
+
+def test_route_ids_in_the_docs_are_bench2drive220_routes() -> None:
+    routes = SHARED / "bench2drive" / "routes" / "bench2drive220.xml"
+    if not routes.is_file():
+        pytest.skip(f"{routes} not found")
+    ids = set(re.findall(r'<route id="(\d+)"', routes.read_text(encoding="utf-8")))
+    subsets = [value_after(tokens, "--routes-subset") for _, tokens in all_commands()]
+    subsets = [s for s in subsets if s]
+    assert subsets and all(set(s.split(",")) <= ids for s in subsets), subsets

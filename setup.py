@@ -16,7 +16,7 @@ setup(
         # SigLIP/Gemma reference forward in the parity tests, the PaliGemma tokenizer and HF weight folders
         "transformers>=4.45",
         # `drivemoe download`: released checkpoints and the PaliGemma tokenizer from the Hugging Face Hub
-        "huggingface_hub>=0.23",
+        "huggingface_hub>=0.24",  # (huggingface_hub.errors; tested with 2.4)
         # checkpoints without pickle
         "safetensors>=0.4",
         "numpy>=1.24",

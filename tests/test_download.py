@@ -279,3 +279,10 @@ def test_a_damaged_local_file_is_fetched_again(hub, tmp_path, capsys) -> None:
     assert download(weights, release="drivepi0-base-bf16") == 0
     assert "differs from the hub's" in capsys.readouterr().out
     assert official.read_bytes() == hub.repos["rethinklab/DriveMoE"].files[name]
+
+
+def test_no_convert_needs_no_token_and_only_downloads(hub, tmp_path) -> None:
+    weights = tmp_path / "weights"
+    assert download(weights, "--no-convert", release="drivepi0-full-fp32", token=None) == 0
+    assert sorted(p.name for p in (weights / "official").iterdir()) == ["DrivePi0_Full_fp32.pt", "DrivePi0_Full_fp32.pt.sha256"]
+    assert not (weights / "drivepi0-full-fp32").exists() and not (weights / "paligemma-tokenizer").exists()

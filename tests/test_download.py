@@ -196,7 +196,6 @@ def test_not_a_checkpoint_is_named_and_nothing_converted(hub, tmp_path, capsys) 
 
 
 def test_no_disk_space_is_refused_before_the_transfer(hub, tmp_path, capsys, monkeypatch) -> None:
-    import shutil
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
@@ -206,7 +205,6 @@ def test_no_disk_space_is_refused_before_the_transfer(hub, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "not enough disk space in" in err and "DriveMoE_Base_bf16.pt" in err and "free" in err
     assert not list((weights / "official").iterdir())
-    assert shutil is not None
 
 
 def test_offline_uses_what_is_on_disk(hub, tmp_path, capsys, monkeypatch) -> None:

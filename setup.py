@@ -17,6 +17,8 @@ setup(
         "torch>=2.3",
         # SigLIP/Gemma reference forward in the parity tests, the PaliGemma tokenizer and HF weight folders
         "transformers>=4.45",
+        # `drivemoe download`: released checkpoints and the PaliGemma tokenizer from the Hugging Face Hub
+        "huggingface_hub>=0.24",  # (huggingface_hub.errors; tested with 2.4)
         # checkpoints without pickle
         "safetensors>=0.4",
         "numpy>=1.24",
@@ -37,6 +39,10 @@ setup(
     extras_require={
         # the CARLA 0.9.15 Python client for Python 3.10-3.12 (import name `carla`)
         "carla": ["carla-0-9-15"],
+        # the upstream Bench2Drive evaluator's own imports (leaderboard/ and scenario_runner/ requirements.txt,
+        # unpinned: their pins have no wheels for Python 3.10+)
+        "evaluator": ["py-trees==0.8.3", "dictor", "tabulate", "transforms3d", "shapely", "networkx", "psutil", "xmlschema",
+                      "ephem", "six", "simple-watchdog-timer", "requests", "pexpect"],
         # optional TensorBoard logs of `drivemoe train`
         "tensorboard": ["tensorboard>=2.14"],
         "test": ["pytest>=7", "pytest-timeout>=2.1", "sentencepiece>=0.1.99", "tokenizers>=0.15", "tensorboard>=2.14"],

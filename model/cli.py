@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from model.errors import DriveMoEError as UserError  # noqa: F401  (re-exported for sub-commands)
@@ -15,6 +16,7 @@ from model.errors import DriveMoEError as UserError  # noqa: F401  (re-exported 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("agent.demo.command", "run the built-in demo: no CARLA, no GPU, no downloaded weights"),
+    "download": ("model.download", "download a released checkpoint (+ the PaliGemma tokenizer), convert it, write agent configs"),
     "convert": ("model.convert", "convert an authors' checkpoint into model.safetensors + config.json"),
     "predict": ("model.predict", "run the network on a fixture-format inputs.safetensors"),
     "bench": ("model.bench", "benchmark inference latency and memory per stage"),
@@ -24,6 +26,26 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("model.training.prepare_data", "index Bench2Drive clips for training"),
     "train": ("model.training.train", "train DriveMoE / Drive-pi0"),
 }
+
+
+THREADS_VARIABLE = "DRIVEMOE_THREADS"
+
+
+def default_threads(environ: dict[str, str] | None = None, cpu_count: int | None = None) -> int:
+    """torch CPU threads for every sub-command: DRIVEMOE_THREADS, else half the cores, at most 4.
+
+    torch's own default (all cores) is slow when the cores are shared: on two busy cores the tiny
+    DriveMoE took 3628 ms (p90 6659) per inference with 2 threads and 77 ms (p90 101) with 1
+    (`drivemoe bench --device cpu --preset tiny-drivemoe --threads N`). A sub-command's own
+    `--threads` (bench, replay) still wins."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(THREADS_VARIABLE, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise UserError(f"{THREADS_VARIABLE}={text!r}: expected a whole number >= 1")
+        return int(text)
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, min(4, cores // 2))
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -45,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:
+        threads = default_threads()
+        import torch
+
+        torch.set_num_threads(threads)
+        module = importlib.import_module(SUBCOMMANDS[args.command][0])
         return int(module.main(args) or 0)
     except (UserError, FileNotFoundError, ValueError) as error:
         print(f"drivemoe {args.command}: error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ camera_logits, selected_view, action_router_logits/topk_idx/topk_weights (fixtur
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -27,11 +28,48 @@ def pixels_from_uint8(raw: torch.Tensor) -> torch.Tensor:
     return (raw.float() * (1.0 / 255.0) - 0.5) / 0.5
 
 
-def model_inputs(inputs: dict[str, torch.Tensor], config: ModelConfig, source: str = "inputs") -> dict[str, torch.Tensor]:
-    """Fixture tensors -> the normalised arguments of DriveMoE.infer_action."""
+EGO_SHAPES = {"raw_his_speed": (), "raw_his_acceleration": (3,), "raw_his_angular_velocity": (3,), "raw_his_theta": (),
+              "raw_x_command_far": (), "raw_y_command_far": ()}  # each [B, T, *this]
+
+
+def check_inputs(inputs: dict[str, torch.Tensor], config: ModelConfig, source: str = "inputs") -> None:
+    """Reject what would otherwise give a torch error or a silent NaN output: the message names the tensor."""
     missing = [k for k in REQUIRED_INPUTS if k not in inputs]
     if missing:
         raise ValueError(f"{source}: missing tensor(s) {missing}")
+    images = inputs["raw_images_uint8"]
+    if images.dim() == 0 or images.shape[0] == 0:
+        raise ValueError(f"{source}: raw_images_uint8 holds no sample (shape {tuple(images.shape)})")
+    batch = images.shape[0]
+    time_steps = None
+    for key, tail in EGO_SHAPES.items():
+        tensor = inputs[key]
+        if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"{source}: {key} must hold numbers, got dtype {tensor.dtype}")
+        if tensor.dim() != 2 + len(tail) or tuple(tensor.shape[2:]) != tail or tensor.shape[0] != batch:
+            raise ValueError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected ({batch}, T{''.join(f', {d}' for d in tail)}) "
+                             f"(batch {batch} from raw_images_uint8)")
+        if time_steps is None:
+            time_steps = tensor.shape[1]
+        elif tensor.shape[1] != time_steps:
+            raise ValueError(f"{source}: {key} has {tensor.shape[1]} time steps, raw_his_speed has {time_steps}")
+    for key in (*EGO_SHAPES, "init_noise"):
+        if key in inputs and inputs[key].is_floating_point():
+            bad = int((~torch.isfinite(inputs[key])).sum())
+            if bad:
+                raise ValueError(f"{source}: {key} holds {bad} NaN/inf value(s)")
+    for key in ("input_ids", "attention_mask"):
+        if inputs[key].is_floating_point() or inputs[key].dtype == torch.bool:
+            raise ValueError(f"{source}: {key} must be an integer tensor, got {inputs[key].dtype}")
+    ids = inputs["input_ids"]
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.sequence.vocab_size):
+        raise ValueError(f"{source}: input_ids range over [{int(ids.min())}, {int(ids.max())}], outside the vocabulary "
+                         f"[0, {config.sequence.vocab_size - 1}] of model {config.name!r}")
+
+
+def model_inputs(inputs: dict[str, torch.Tensor], config: ModelConfig, source: str = "inputs") -> dict[str, torch.Tensor]:
+    """Fixture tensors -> the normalised arguments of DriveMoE.infer_action."""
+    check_inputs(inputs, config, source)
     pixels = pixels_from_uint8(inputs["raw_images_uint8"])
     s = config.stats
     proprio = s.normalize_ego_state(inputs["raw_his_speed"].float(), inputs["raw_his_acceleration"].float(),
@@ -93,9 +131,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="noise seed when the inputs hold no init_noise")
 
 
+def write_outputs(out: dict[str, torch.Tensor], path: Path) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written output."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(out, str(tmp))
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as error:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        raise ValueError(f"cannot write {path}: {reason}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     inputs_path = Path(args.inputs)
     if not inputs_path.is_file():
@@ -105,9 +162,9 @@ def main(args: argparse.Namespace) -> int:
     except (SafetensorError, OSError) as error:
         raise ValueError(f"cannot read {inputs_path}: {error}") from None
     model, config = load_pretrained(args.model, device=args.device, dtype=parse_dtype(args.dtype))
+    check_inputs(inputs, config, source=str(inputs_path))
     out = predict(model, inputs, seed=args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, args.out)
+    write_outputs(out, Path(args.out))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()))
     if "selected_view" in out:
         print(f"  selected camera per sample: {out['selected_view'].tolist()}")

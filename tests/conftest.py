@@ -1,6 +1,7 @@
 """Shared test fixtures: where the read-only reference data in ../shared lives."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,4 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+    os.environ.setdefault("DRIVEMOE_THREADS", "1")  # what `drivemoe` sub-commands called in-process use

@@ -99,6 +99,7 @@ class AgentStack:
         history_steps: int = 5,
         trace: TraceWriter | None = None,
         observation_factory: Callable[..., Any] = _make_observation,
+        counterfactual: Callable[[Any, Any, int], dict[str, Any] | None] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -109,6 +110,11 @@ class AgentStack:
         self.controller = Controller(config.controller, config.desired_speed_mode)
         self.trace = trace
         self._observation_factory = observation_factory
+        if counterfactual is None and config.save.counterfactual_every > 0:  # off by default: costs a batched re-run
+            from agent.debugger.counterfactual_hook import CounterfactualHook
+
+            counterfactual = CounterfactualHook(policy, every=config.save.counterfactual_every)
+        self.counterfactual = counterfactual  # (observation, prediction, inference index) -> trace object or None
         self._augment = (
             TestTimeAugmentation(seed=config.seed if config.seeded_noise else None)
             if config.test_time_augmentation
@@ -152,10 +158,13 @@ class AgentStack:
         )
         seed = self.config.seed + self.inferences if self.config.seeded_noise else None
         model_started = time.perf_counter()
-        prediction = self.policy.predict(
-            self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
-        )
+        observation = self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
+        prediction = self.policy.predict(observation)
         model_ms = (time.perf_counter() - model_started) * 1000.0
+        counterfactual, counterfactual_started = None, time.perf_counter()
+        if self.counterfactual is not None:
+            counterfactual = self.counterfactual(observation, prediction, self.inferences)
+        counterfactual_ms = (time.perf_counter() - counterfactual_started) * 1000.0
         dt = self.config.inference_interval * TICK_SECONDS
         waypoints = np.asarray(prediction.waypoints, dtype=np.float64)
         if waypoints.ndim == 2 and waypoints.shape[0] >= 2 and np.all(np.isfinite(waypoints)):
@@ -181,6 +190,8 @@ class AgentStack:
             for key in ("vision", "prefix", "denoise"):
                 if key in timings:
                     latency[key] = float(timings[key])
+            if counterfactual is not None:
+                latency["counterfactual"] = counterfactual_ms
             latency["tick"] = (time.perf_counter() - started) * 1000.0
             target_ego = world_to_ego(target_world[None], pose.xy, pose.compass)[0]
             record = trace_record(
@@ -195,5 +206,7 @@ class AgentStack:
                 latency_ms=latency,
                 images=saved,
             )
+            if counterfactual is not None:
+                record["counterfactual"] = counterfactual
             self.trace.append(record)
         return TickOutput(sent, True, record, prediction)

@@ -328,7 +328,8 @@ def format_scores(scores: dict) -> list[str]:
         lines.append(f"waypoints: ADE {w['ade_m']:.2f} m, FDE {w['fde_m']:.2f} m over {w['scored_frames']} frames")
     else:
         lines.append("waypoints: no frame with a full ground-truth horizon")
-    for key, name in (("camera_router", "camera router"), ("skill_router", "skill router")):
+    for key, name in (("camera_router", "camera router"),
+                      ("skill_router", "skill router (argmax of the step-averaged logits = scenario skill)")):
         entry = scores[key]
         if entry.get("accuracy") is not None:
             lines.append(f"{name}: accuracy {entry['accuracy']:.3f} over {entry['scored_frames']} frames")

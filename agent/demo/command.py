@@ -36,6 +36,7 @@ class DemoConfig:
     torch_threads: int = 1  # the tiny model is bound by per-op overhead: one thread is fastest on 2 cores
     progress: bool = True
     weights: Path | None = DEMO_WEIGHTS  # None: always the untrained tiny model
+    counterfactual_every: int = 1  # counterfactual routing on every inference (the video and report show it)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResu
     policy, model_dir, trained = build_demo_policy(out, config.model_seed, config.weights)
     model_info = {"name": policy.config.name, "path": str(model_dir.resolve()), "trained": trained}
     replay = run_replay(clip.clip_dir, policy, out / "replay", clip.camera_labels_path,
-                        ReplayConfig(progress=config.progress), model_info=model_info)
+                        ReplayConfig(progress=config.progress, counterfactual_every=config.counterfactual_every),
+                        model_info=model_info)
     video = render_trace_video(replay.trace_dir, out / "demo.mp4", progress=config.progress)
     report = build_report([replay.trace_dir], out / "report", progress=config.progress)
     return DemoResult(out, clip.clip_dir, model_dir, trained, replay.trace_dir, video.path, report.index,
@@ -124,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"clip:   {result.clip_dir}  (procedural scenario, Bench2Drive layout, camera labels beside it)")
     print(f"trace:  {result.trace_dir / 'trace.jsonl'}")
     print(f"video:  {result.video}")
-    print(f"report: {result.report}")
+    print(f"report: {result.report}  (and {result.report.with_name('report.html')}: one page with every plot)")
     for line in format_scores(result.scores):
         print(f"score:  {line}")
     print(f"done in {result.seconds:.0f} s")

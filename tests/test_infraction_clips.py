@@ -1,0 +1,30 @@
+"""Infraction clips on a synthetic run whose results and traces agree (positions and frames)."""
+from __future__ import annotations
+
+import json
+
+from model.cli import main as drivemoe_main
+from test_debug_video import write_synthetic_trace
+from test_routing_report import ACCIDENT, _result_file
+
+
+def test_one_clip_per_located_infraction_with_its_routing(tmp_path, capsys):
+    run = tmp_path / "run"
+    records = write_synthetic_trace(run / ACCIDENT, lines=14, save_name=ACCIDENT, with_images=False)
+    # the synthetic ego drives along x at 10 m per line (0.1 s): the collision at x=80 is line 8 (frame 16, t 0.8 s)
+    _result_file(run / "results.json", ACCIDENT, "Agent collided against object with type=vehicle.tesla and id=42 at (x=80.3, y=0.4, z=0.1)")
+    assert drivemoe_main(["infraction-clips", str(run), "--out", str(tmp_path / "clips"), "--before", "0.5", "--after", "0.2"]) == 0
+    assert "1 clip(s) over 1 route(s), 0 not located" in capsys.readouterr().out
+    route = tmp_path / "clips" / ACCIDENT
+    videos = sorted(route.glob("*.mp4")) or sorted(route.glob("*_frames"))
+    assert len(videos) == 1 and "collisions_vehicle_frame16" in videos[0].name
+    assert (route / "00_collisions_vehicle_frame16_routing.png").stat().st_size > 5000
+    page = (route / "index.html").read_text()
+    assert "collisions_vehicle" in page and "16" in page
+    assert ACCIDENT in (tmp_path / "clips" / "index.html").read_text()
+    import cv2
+
+    capture = cv2.VideoCapture(str(videos[0]))
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted = [r["frame"] for r in records if 0.3 - 1e-9 <= r["sim_time"] <= 1.0 + 1e-9]
+    assert count == len(wanted) == 8

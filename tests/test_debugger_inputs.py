@@ -150,3 +150,17 @@ def test_report_lists_corrupt_traces_and_counts_duplicated_frames_once(tmp_path,
     assert numbers["bad_traces"][0]["folder"] == str(bad)
     assert "not read" in (tmp_path / "r" / "report.md").read_text()
     assert load_trace(good).duplicates == 2
+
+
+def test_version_1_traces_still_read_and_newer_versions_are_refused(tmp_path, capsys):
+    v1 = tmp_path / "v1"
+    write_synthetic_trace(v1, lines=4, with_images=False)
+    header = json.loads((v1 / "trace_header.json").read_text())
+    (v1 / "trace_header.json").write_text(json.dumps({**header, "version": 1}))
+    lines = [json.loads(line) for line in (v1 / "trace.jsonl").read_text().splitlines()]
+    (v1 / "trace.jsonl").write_text("".join(json.dumps({**line, "version": 1}) + "\n" for line in lines))
+    assert drivemoe_main(["debug-video", str(v1), "--out", str(tmp_path / "v.mp4")]) == 0
+    assert drivemoe_main(["routing-report", str(v1), "--out", str(tmp_path / "r")]) == 0
+    (v1 / "trace_header.json").write_text(json.dumps({**header, "version": 3}))
+    assert drivemoe_main(["debug-video", str(v1), "--out", str(tmp_path / "v.mp4")]) == 2
+    assert "trace format version 3 is newer than this reader" in capsys.readouterr().err

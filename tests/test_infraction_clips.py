@@ -28,3 +28,20 @@ def test_one_clip_per_located_infraction_with_its_routing(tmp_path, capsys):
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     wanted = [r["frame"] for r in records if 0.3 - 1e-9 <= r["sim_time"] <= 1.0 + 1e-9]
     assert count == len(wanted) == 8
+
+
+def test_routing_report_links_videos_and_clips(tmp_path):
+    from agent.debugger.routing_report import build_report
+
+    run = tmp_path / "run"
+    write_synthetic_trace(run / ACCIDENT, lines=10, save_name=ACCIDENT, with_images=False)
+    _result_file(run / "results.json", ACCIDENT, "Agent collided against object with type=vehicle.tesla and id=42 at (x=50.0, y=0.0, z=0.1)")
+    assert drivemoe_main(["infraction-clips", str(run), "--out", str(tmp_path / "clips")]) == 0
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / f"{ACCIDENT}.mp4").write_bytes(b"\x00")
+    result = build_report([run], tmp_path / "report", progress=False, videos=[videos], clips_dir=tmp_path / "clips")
+    links = result.numbers["routes"][ACCIDENT]["links"]
+    assert links == {"video": f"../videos/{ACCIDENT}.mp4", "infraction clips": f"../clips/{ACCIDENT}/index.html"}
+    assert f'href="../clips/{ACCIDENT}/index.html"' in (tmp_path / "report" / "report.html").read_text()
+    assert f"[video](../videos/{ACCIDENT}.mp4)" in (tmp_path / "report" / "report.md").read_text()

@@ -32,6 +32,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
 
 
+def route_folder_name(save_name: str) -> str:
+    """The folder of a route's clips under the output folder."""
+    return _slug(save_name)
+
+
 def write_infraction_clips(inputs: list[str | Path], out_dir: str | Path, results: list[str | Path] = (),
                            before_s: float = 3.0, after_s: float = 0.5, fps: float = 10.0,
                            progress: bool = False) -> dict[str, Any]:
@@ -53,7 +58,7 @@ def write_infraction_clips(inputs: list[str | Path], out_dir: str | Path, result
         if route.name not in records:
             continue
         located = locate_infractions(route, records[route.name], before_s)
-        route_dir = out / _slug(route.name)
+        route_dir = out / route_folder_name(route.name)
         route_dir.mkdir(parents=True, exist_ok=True)
         clips, rows = [], []
         source = ImageSource(trace)
@@ -69,7 +74,7 @@ def write_infraction_clips(inputs: list[str | Path], out_dir: str | Path, result
                                  route_dir / f"{name}.mp4", fps, total=len(lines), progress=progress)
             frames = {int(r["frame"]) for r in lines}
             window = RouteRouting(**{**route.__dict__, **_subset(route, frames)})
-            _plot_route(window, route_dir / f"{name}_routing.png")
+            _plot_route(window, route_dir / f"{name}_routing.png", marks=[(item["frame"], item["type"])])
             clip = {**item, "video": str(video.path.relative_to(route_dir)), "routing_png": f"{name}_routing.png",
                     "frames": [min(frames), max(frames)], "time_s": time}
             clips.append(clip)

@@ -265,7 +265,9 @@ def _discover_results(paths: Sequence[str | Path]) -> list[Path]:
 # plots
 
 
-def _plot_route(route: RouteRouting, path: Path) -> None:
+def _plot_route(route: RouteRouting, path: Path, marks: Sequence[tuple[int, str]] = ()) -> None:
+    """Camera choice, expert weights and (with counterfactuals) sensitivity over frames; `marks` draws
+    labelled vertical lines (infractions) on every row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,7 +300,7 @@ def _plot_route(route: RouteRouting, path: Path) -> None:
         names = route.expert_names or [str(e) for e in range(experts)]
         ax2.set_yticks(range(experts), [n.replace("_", " ").lower() for n in names], fontsize=8)
         ax2.set_title("action-router weight per skill expert (final denoising step)", fontsize=10, loc="left")
-        bar = fig.colorbar(image, ax=ax2, pad=0.01, fraction=0.03)
+        bar = fig.colorbar(image, cax=ax2.inset_axes([1.01, 0.0, 0.015, 1.0]))  # outside: keeps the x axes aligned
         bar.set_label("weight", fontsize=8)
     if has_cf:
         ax3 = axes[row, 0]
@@ -309,9 +311,14 @@ def _plot_route(route: RouteRouting, path: Path) -> None:
         ax3.set_title("routing sensitivity: largest ADE between the chosen and an alternative trajectory", fontsize=10, loc="left")
     for axis in axes[:, 0]:
         axis.grid(alpha=0.3)
+        for frame, _ in marks:
+            axis.axvline(frame, color="tab:red", linewidth=1.5, linestyle="--")
+    for frame, label in marks:
+        axes[0, 0].annotate(label, (frame, len(ROUTER_CANDIDATES) - 0.5), xytext=(3, -12), textcoords="offset points",
+                            color="tab:red", fontsize=8)
     axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -371,7 +378,10 @@ class ReportResult:
 
 
 def build_report(inputs: Sequence[str | Path], out_dir: str | Path, results: Sequence[str | Path] = (),
-                 flip_window_s: float = 3.0, max_route_plots: int = 50, progress: bool = True) -> ReportResult:
+                 flip_window_s: float = 3.0, max_route_plots: int = 50, progress: bool = True,
+                 videos: Sequence[str | Path] = (), clips_dir: str | Path | None = None) -> ReportResult:
+    """The report; `videos` (files or folders of <save_name>.mp4) and `clips_dir` (the output of
+    `drivemoe infraction-clips`) are linked per route from the tables."""
     from tqdm import tqdm
 
     from model.skills import SKILL_NAMES, skill_of_scenario
@@ -465,6 +475,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, results: Seq
             _plot_route(route, path)
             pngs.append(path)
             entry["timeline_png"] = path.name
+        entry["links"] = route_links(route.name, out, videos, clips_dir)
         numbers["routes"][route.name] = entry
     totals = _frequencies([c for r in routes for c in r.cameras], candidates)
     numbers["camera_counts"] = totals
@@ -541,7 +552,8 @@ def _markdown(numbers: dict[str, Any], pngs: Sequence[Path], window: float) -> s
               + " | ".join(c.replace("CAM_", "") for c in candidates) + " | timeline |",
               "|---|---|---|---|---|" + "---|" * len(candidates) + "---|"]
     for name, entry in numbers["routes"].items():
-        link = f"[png]({entry['timeline_png']})" if "timeline_png" in entry else ""
+        link = " ".join(([f"[png]({entry['timeline_png']})"] if "timeline_png" in entry else [])
+                        + [f"[{text}]({href})" for text, href in entry.get("links", {}).items()])
         lines.append(f"| {name} | {entry['scenario_type']} | {', '.join(entry['abilities'])} | {entry['inferences']} | "
                      f"{entry['flips']} | " + " | ".join(str(entry["camera_counts"][c]) for c in candidates) + f" | {link} |")
     lines += ["", "## Infractions and the camera flips before them", ""]
@@ -556,6 +568,29 @@ def _markdown(numbers: dict[str, Any], pngs: Sequence[Path], window: float) -> s
         lines.append("No result records with infractions were given (`--results`), or none matched these traces.")
     lines += ["", "## Plots", ""] + [f"- [{p.name}]({p.name})" for p in pngs] + [""]
     return "\n".join(lines)
+
+
+def route_links(name: str, out: Path, videos: Sequence[str | Path], clips_dir: str | Path | None) -> dict[str, str]:
+    """Relative links from the report folder to this route's debug video and infraction clips, when they exist."""
+    import os
+
+    from agent.debugger.infraction_clips import route_folder_name
+
+    links: dict[str, str] = {}
+    for item in map(Path, videos):
+        if item.is_dir():
+            candidate = item / f"{name}.mp4"
+        elif item.stem == name or len(videos) == 1:
+            candidate = item
+        else:
+            continue
+        if candidate.is_file():
+            links.setdefault("video", os.path.relpath(candidate, out))
+    if clips_dir is not None:
+        page = Path(clips_dir) / route_folder_name(name) / "index.html"
+        if page.is_file():
+            links["infraction clips"] = os.path.relpath(page, out)
+    return links
 
 
 def _skill_lines(numbers: dict[str, Any]) -> list[str]:
@@ -614,12 +649,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", action="append", default=[], help="Bench2Drive results JSON (repeatable)")
     parser.add_argument("--flip-window", type=float, default=3.0, help="seconds before an infraction to list flips")
     parser.add_argument("--max-route-plots", type=int, default=50, help="timeline PNGs for at most this many routes")
+    parser.add_argument("--videos", action="append", default=[], metavar="FILE_OR_DIR",
+                        help="debug videos to link per route: FILE, or DIR holding <save_name>.mp4 (repeatable)")
+    parser.add_argument("--clips", default=None, metavar="DIR", help="output folder of `drivemoe infraction-clips` to link")
 
 
 def main(args: argparse.Namespace) -> int:
     if not math.isfinite(args.flip_window) or args.flip_window < 0:
         raise ValueError(f"--flip-window must be >= 0 seconds, got {args.flip_window}")
-    result = build_report(args.inputs, args.out, args.results, args.flip_window, args.max_route_plots)
+    result = build_report(args.inputs, args.out, args.results, args.flip_window, args.max_route_plots,
+                          videos=args.videos, clips_dir=args.clips)
     for bad in result.numbers["bad_traces"]:
         print(f"warning: trace not read: {bad['error']}", file=sys.stderr)
     for warning in result.numbers["warnings"]:

@@ -91,7 +91,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResu
                         ReplayConfig(progress=config.progress, counterfactual_every=config.counterfactual_every),
                         model_info=model_info)
     video = render_trace_video(replay.trace_dir, out / "demo.mp4", progress=config.progress)
-    report = build_report([replay.trace_dir], out / "report", progress=config.progress)
+    report = build_report([replay.trace_dir], out / "report", progress=config.progress, videos=[video.path])
     return DemoResult(out, clip.clip_dir, model_dir, trained, replay.trace_dir, video.path, report.index,
                       replay.scores or {}, time.perf_counter() - started)
 

@@ -9,6 +9,8 @@ import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from bench2drive_eval.jsonio import write_text_atomic
+
 STYLE = """
 body { font-family: DejaVu Sans, Helvetica, Arial, sans-serif; margin: 24px; color: #222; max-width: 1200px; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; border-bottom: 1px solid #ccc; }
@@ -61,11 +63,8 @@ def write_html_page(path: Path, title: str, sections: Sequence[str]) -> Path:
     text = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
     try:
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)
+        write_text_atomic(path, text)
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise ValueError(f"cannot write {path}: {error.strerror or error}") from None
     return path

@@ -164,3 +164,26 @@ def test_version_1_traces_still_read_and_newer_versions_are_refused(tmp_path, ca
     (v1 / "trace_header.json").write_text(json.dumps({**header, "version": 3}))
     assert drivemoe_main(["debug-video", str(v1), "--out", str(tmp_path / "v.mp4")]) == 2
     assert "trace format version 3 is newer than this reader" in capsys.readouterr().err
+
+
+def test_full_disk_while_writing_plots_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import matplotlib.figure
+
+    write_synthetic_trace(tmp_path / "t", lines=3, with_images=False)
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    assert drivemoe_main(["routing-report", str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'r' / 'route_000_timeline.png'}: No space left on device" in err
+
+
+def test_demo_into_an_unwritable_folder_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert drivemoe_main(["demo", "--out", str(blocker / "demo"), "--untrained", "--frames", "15"]) == 2
+    assert f"cannot write {blocker / 'demo'}" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from agent.debugger.drawing import Painter, TextBox
+from agent.debugger.outputs import output_error
 from agent.debugger.projection import project_points
 from agent.runtime.routing_trace import HEADER_FILE, TRACE_FILE
 from model.cameras import CAMERAS_BY_NAME, FRONT, ROUTER_CANDIDATES
@@ -618,7 +619,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.fps <= 0 or not math.isfinite(args.fps):
         raise ValueError(f"--fps must be positive, got {args.fps}")
-    result = render_trace_video(args.trace_dir, args.out, args.frames, args.fps, args.clip)
+    try:
+        result = render_trace_video(args.trace_dir, args.out, args.frames, args.fps, args.clip)
+    except OSError as error:
+        raise output_error(error) from None
     for note in result.notes:
         print(f"note: {note}")
     print(f"wrote {result.frames} frames to {result.path}")

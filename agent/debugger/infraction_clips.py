@@ -25,6 +25,7 @@ from agent.debugger.routing_report import (
     load_results,
     locate_infractions,
 )
+from agent.debugger.outputs import output_error
 from bench2drive_eval import html_page as h
 
 
@@ -117,7 +118,10 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"--{name} must be >= 0 seconds, got {value}")
-    summary = write_infraction_clips(args.inputs, args.out, args.results, args.before, args.after)
+    try:
+        summary = write_infraction_clips(args.inputs, args.out, args.results, args.before, args.after)
+    except OSError as error:
+        raise output_error(error) from None
     clips = sum(len(c) for c in summary["routes"].values())
     for bad in summary["bad_traces"]:
         print(f"warning: trace not read: {bad}", file=sys.stderr)

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from agent.debugger.outputs import output_error
 from agent.debugger.debug_video import TRACE_FILE, Trace, TraceError, expert_names_of, load_trace
 from bench2drive_eval import html_page
 from bench2drive_eval.html_page import write_html_page
-from bench2drive_eval.jsonio import write_json_atomic
+from bench2drive_eval.jsonio import write_json_atomic, write_text_atomic
 from model.cameras import ROUTER_CANDIDATES, router_class_of_label
 
 try:  # the scoring side's table (Bench2Drive's tools/ability_benchmark.py lists)
@@ -511,19 +512,10 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, results: Seq
             pngs.append(path)
     write_json_atomic(out / "report.json", numbers)
     index = out / "report.md"
-    _write_text_atomic(index, _markdown(numbers, pngs, flip_window_s))
+    write_text_atomic(index, _markdown(numbers, pngs, flip_window_s))
     write_html_page(out / "report.html", "Routing report", _html_sections(numbers, pngs, flip_window_s))
     return ReportResult(index, numbers, pngs)
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise ValueError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _markdown(numbers: dict[str, Any], pngs: Sequence[Path], window: float) -> str:
@@ -657,8 +649,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if not math.isfinite(args.flip_window) or args.flip_window < 0:
         raise ValueError(f"--flip-window must be >= 0 seconds, got {args.flip_window}")
-    result = build_report(args.inputs, args.out, args.results, args.flip_window, args.max_route_plots,
-                          videos=args.videos, clips_dir=args.clips)
+    try:
+        result = build_report(args.inputs, args.out, args.results, args.flip_window, args.max_route_plots,
+                              videos=args.videos, clips_dir=args.clips)
+    except OSError as error:  # full disk or a file that cannot be replaced, after the up-front check
+        raise output_error(error) from None
     for bad in result.numbers["bad_traces"]:
         print(f"warning: trace not read: {bad['error']}", file=sys.stderr)
     for warning in result.numbers["warnings"]:

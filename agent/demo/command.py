@@ -115,8 +115,13 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames must be >= 15 (a scored frame needs ten future frames and the ego history), got {args.frames}")
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    result = run_demo(args.out, DemoConfig(kind=args.kind, seed=args.seed, frames=args.frames,
-                                           weights=None if args.untrained else DEMO_WEIGHTS))
+    try:
+        result = run_demo(args.out, DemoConfig(kind=args.kind, seed=args.seed, frames=args.frames,
+                                               weights=None if args.untrained else DEMO_WEIGHTS))
+    except OSError as error:  # read-only or full output folder
+        from agent.debugger.outputs import output_error
+
+        raise output_error(error) from None
     print()
     if result.trained:
         print(f"model:  trained demo weights from {result.model_dir}")

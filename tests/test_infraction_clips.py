@@ -45,3 +45,26 @@ def test_routing_report_links_videos_and_clips(tmp_path):
     assert links == {"video": f"../videos/{ACCIDENT}.mp4", "infraction clips": f"../clips/{ACCIDENT}/index.html"}
     assert f'href="../clips/{ACCIDENT}/index.html"' in (tmp_path / "report" / "report.html").read_text()
     assert f"[video](../videos/{ACCIDENT}.mp4)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_each_kind_of_infraction_gets_its_clip_and_unlocated_ones_are_listed(tmp_path, capsys):
+    run = tmp_path / "run"
+    write_synthetic_trace(run / ACCIDENT, lines=14, save_name=ACCIDENT, with_images=False)
+    record = {
+        "index": 0, "route_id": "RouteScenario_101_rep0", "scenario_name": "Accident_1", "weather_id": 23,
+        "save_name": ACCIDENT, "town_name": "Town03", "status": "Failed - Agent got blocked", "num_infractions": 4,
+        "infractions": {"red_light": ["Agent ran a red light 4431 at (x=20.1, y=0.0, z=0.0)"],
+                        "route_dev": ["Agent deviated from the route at (x=60.2, y=0.5, z=0.0)"],
+                        "vehicle_blocked": ["Agent got blocked at (x=129.7, y=0.0, z=0.0)"],
+                        "stop_infraction": ["Agent ran a stop sign"]},
+        "scores": {"score_route": 40.0, "score_penalty": 0.6, "score_composed": 24.0},
+        "meta": {"route_length": 300.0, "duration_game": 60.0, "duration_system": 80.0},
+    }
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"_checkpoint": {"records": [record], "progress": [1, 1], "global_record": {}}}))
+    assert drivemoe_main(["infraction-clips", str(run), "--results", str(results), "--out", str(tmp_path / "clips"),
+                          "--before", "0.2", "--after", "0"]) == 0
+    assert "3 clip(s) over 1 route(s), 1 not located" in capsys.readouterr().out
+    names = sorted(p.stem for p in (tmp_path / "clips" / ACCIDENT).glob("*.mp4"))
+    assert [n.split("_", 1)[1] for n in names] == ["red_light_frame4", "route_dev_frame12", "vehicle_blocked_frame26"]
+    assert "Agent ran a stop sign" in (tmp_path / "clips" / "index.html").read_text()

@@ -4,7 +4,8 @@ Each video frame shows the six cameras as a mosaic (the camera router's choice o
 candidate's probability printed), the predicted waypoints projected into the front camera with the
 real Bench2Drive camera model (agent/debugger/projection.py), a bird's-eye inset with the waypoints and the
 target point, the action router's expert weights (final denoising step as bars, all steps as a
-heat map), and speed, controls and latency. Images come from the trace's saved `images` or, for a
+heat map, experts named by skill), the counterfactual trajectories when the line has them, and
+speed, controls and latency. Text is drawn with a real font (agent/debugger/drawing.py). Images come from the trace's saved `images` or, for a
 replay, from the clip (`--clip`, or the `clip` path the replay writes into the trace header).
 Cameras without an image are drawn as grey tiles saying so.
 """

@@ -6,8 +6,11 @@ folder holds `camera_labels.json`, which `drivemoe replay` writes) and of the ac
 weights. Over all routes: choice frequencies per scenario type and per Bench2Drive ability, confusion
 matrices against camera labels and against the skill label of the scenario type (model/skills.py),
 and, when a Bench2Drive results JSON is given (or found in a run folder), the camera-choice flips in
-the `--flip-window` seconds before each located infraction. Writes PNGs (matplotlib Agg), a
-Markdown index `report.md` and every number of it in `report.json`.
+the `--flip-window` seconds before each located infraction. With counterfactuals in the traces
+(docs/routing-debug.md), the routing sensitivity over each route and a ranking of the frames where
+the choice mattered most. Writes PNGs (matplotlib Agg), a Markdown index `report.md`, the same as
+one self-contained `report.html` and every number in `report.json`; unreadable traces are listed,
+not fatal.
 
 Definitions: the chosen camera of a line is `camera_router.selected[0]`; the expert of a line is the
 highest-weight expert of the final denoising step; a flip is a change of chosen camera between two

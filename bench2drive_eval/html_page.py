@@ -19,6 +19,7 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }
 p.note { color: #555; font-size: 13px; } .bad { color: #a00; }
+div.scroll { overflow-x: auto; }
 """
 
 
@@ -36,7 +37,7 @@ def link(href: str, text: str) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], raw_columns: Sequence[int] = ()) -> str:
     """An HTML table; cells are escaped except in `raw_columns` (already HTML, e.g. links)."""
-    out = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
+    out = ['<div class="scroll"><table>', "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
     for row in rows:
         cells = []
         for i, value in enumerate(row):
@@ -44,7 +45,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], raw_columns:
             text = value if i in raw_columns else escape(f"{value:.3f}" if isinstance(value, float) else value)
             cells.append(f'<td class="num">{text}</td>' if number else f"<td>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "\n".join(out)
 
 

@@ -106,8 +106,50 @@ def render_report(metrics: Metrics, title: str, images: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
+def render_html_sections(metrics: Metrics, out: Path, images: dict[str, str]) -> list[str]:
+    """The report's content as sections of a self-contained HTML page (PNGs embedded)."""
+    from bench2drive_eval import html_page as h
+
+    m = metrics
+    worst = sorted(m.per_route, key=lambda r: r.driving_score)[:15]
+    groups = ["", "routes", "evaluated", "successes", "mean DS", "SR % (of evaluated)"]
+
+    def group_rows(rows: Sequence[GroupRow]) -> list[list[object]]:
+        return [[r.name, r.routes, r.evaluated, r.successes, f"{r.driving_score:.2f}", f"{r.success_rate:.2f}"] for r in rows]
+
+    sections = [
+        h.paragraph(f"Bench2Drive {m.benchmark}, scored like Bench2Drive's tools (see docs/evaluation-metrics.md)."),
+        h.table(["metric", "value"], headline_rows(m)),
+        h.section("Driving score per route", h.image(out / images["scores"], "score distribution")),
+        h.section("Abilities", h.image(out / images["abilities"], "abilities"),
+                  h.table(["ability", "success rate %", "successes / denominator"],
+                          [[name, fmt(rate), "{}/{}".format(*m.ability_counts[name]) if rate is not None else "not computable"]
+                           for name, rate in m.abilities.items()])),
+        h.section("Infractions", h.image(out / images["infractions"], "infractions"),
+                  h.table(["infraction", "per km"],
+                          [[INFRACTION_LABELS[k] + (" (km, not per km)" if k == "outside_route_lanes" else ""), f"{v:.3f}"]
+                           for k, v in m.infractions_per_km.items()]),
+                  h.paragraph(f"{m.km_driven:.2f} km driven (route length x completion).")),
+        h.section("Per town", h.image(out / images["towns"], "per town"), h.table(groups, group_rows(m.per_town))),
+        h.section("Per scenario type", h.table(groups, group_rows(m.per_scenario))),
+        h.section("Lowest-scoring routes", h.table(["route", "scenario", "town", "status", "DS", "infractions"],
+                  [[r.route_id, r.scenario_type, r.town, r.status, f"{r.driving_score:.2f}",
+                    ", ".join(f"{k} x{v}" for k, v in sorted(r.infractions.items()) if k != "min_speed_infractions") or "-"]
+                   for r in worst])),
+        h.section("Missing and crashed routes",
+                  h.paragraph(f"Missing ({len(m.missing_routes)}): {', '.join(m.missing_routes) or 'none'}"),
+                  h.paragraph(f"Crashed ({len(m.crashed_routes)}): {', '.join(m.crashed_routes) or 'none'}")),
+    ]
+    if m.errors:
+        sections.append(h.section("Input problems", *[h.paragraph(e, "bad") for e in m.errors]))
+    if m.notes:
+        sections.append(h.section("What was done", *[h.paragraph(n) for n in m.notes]))
+    sections.append(h.paragraph("Sources: " + ", ".join(m.sources), "note"))
+    return sections
+
+
 def write_report(metrics: Metrics, out: str | Path, title: str) -> Path:
-    """Write report.md and its PNGs into `out`; returns the report path."""
+    """Write report.md, report.html (self-contained) and the PNGs into `out`; returns the report.md path."""
     out = Path(out)
     label = [title]
     images = {
@@ -120,6 +162,9 @@ def write_report(metrics: Metrics, out: str | Path, title: str) -> Path:
     tmp = out / ".report.md.tmp"
     tmp.write_text(render_report(metrics, title, images), encoding="utf-8")
     tmp.replace(path)
+    from bench2drive_eval.html_page import write_html_page
+
+    write_html_page(out / "report.html", title, render_html_sections(metrics, out, images))
     return path
 
 
@@ -129,5 +174,5 @@ def main(args: argparse.Namespace) -> int:
                               carla_root=args.carla_root, save_path=args.save_path)
     write_outputs(args.out, merged, metrics)
     path = write_report(metrics, args.out, args.title or ", ".join(args.run))
-    print(f"wrote {path} (DS {metrics.driving_score:.2f}, SR {metrics.success_rate:.2f})")
+    print(f"wrote {path} and {path.with_name('report.html')} (DS {metrics.driving_score:.2f}, SR {metrics.success_rate:.2f})")
     return 1 if metrics.errors else 0

@@ -158,7 +158,7 @@ def _raise_stop(signum: int, frame: Any) -> None:
 
 def drive_slurm(layout: RunLayout, run: RunState) -> str:
     """Submit (or keep watching) the job array until every job is complete: 'complete', 'stopped' or 'failed'."""
-    from bench2drive_eval.runner import COMPLETE, FAILED, STOPPED, log_line, update_bar
+    from bench2drive_eval.local_driving import COMPLETE, FAILED, STOPPED, log_line, update_bar
     from bench2drive_eval.status import summarize
 
     check_slurm_tools()
@@ -213,7 +213,7 @@ def task_gpu() -> int:
 
 def run_array_task(layout: RunLayout, run: RunState, job_index: int) -> int:
     """Inside one array task: drive one job with the local watchdog; 0 when the job is complete."""
-    from bench2drive_eval.runner import COMPLETE, FAILED, drive_locally
+    from bench2drive_eval.local_driving import COMPLETE, FAILED, drive_locally
     from bench2drive_eval.watchdog import JobDriver
 
     if not 0 <= job_index < len(run.jobs):

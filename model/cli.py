@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("agent.debugger.replay", "replay a recorded Bench2Drive clip through the agent stack"),
     "debug-video": ("agent.debugger.debug_video", "render a routing trace as a debug video"),
     "routing-report": ("agent.debugger.routing_report", "plots of camera and expert choices over routes"),
+    "infraction-clips": ("agent.debugger.infraction_clips", "one debug clip per infraction with the routing before it"),
     "prepare-data": ("model.training.prepare_data", "index Bench2Drive clips for training"),
     "train": ("model.training.train", "train DriveMoE / Drive-pi0"),
 }

@@ -200,12 +200,14 @@ class DriveMoE(nn.Module):
         return PrefixCache(kv=kv, prefix_len=prefix_len, action_mask=mask[:, :, prefix_len:, :], action_cos=action_cos, action_sin=action_sin)
 
     # ---- phase 4: denoising ----------------------------------------------------------------------
-    def action_step(self, cache: PrefixCache, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, JointOutput, dict[str, torch.Tensor]]:
-        """One velocity evaluation of the action stream against the cached prefix."""
+    def action_step(self, cache: PrefixCache, x: torch.Tensor, t: torch.Tensor, forced_experts: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, JointOutput, dict[str, torch.Tensor]]:
+        """One velocity evaluation of the action stream against the cached prefix (`forced_experts` [B]:
+        each row driven by that one skill expert with weight 1 instead of the router's top-k)."""
         time_emb = sinusoidal_time_embedding(t, self.config.joint.action.hidden_size, self.config.flow.time_max_period)
         action_embeds = self.action_encoder(x, time_emb)
         out = self.joint_model({"action": StreamInput(action_embeds, cache.action_cos, cache.action_sin)}, cache.action_mask,
-                               cache=cache.kv, cache_offset=cache.prefix_len)
+                               cache=cache.kv, cache_offset=cache.prefix_len, forced_experts=forced_experts)
         decoder_input = out.hidden["action"]
         velocity = self.action_decoder(decoder_input).float()
         return velocity, out, {"time_embedding": time_emb, "action_embeds": action_embeds, "decoder_input": decoder_input}
@@ -246,15 +248,16 @@ class DriveMoE(nn.Module):
 
     @torch.no_grad()
     def denoise(self, cache: PrefixCache, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                return_intermediates: bool = False) -> dict[str, torch.Tensor]:
+                return_intermediates: bool = False, forced_experts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """N Euler steps x <- x + v/N from noise (given [B, H, A], or drawn with `generator`).
+        `forced_experts` ([B] expert ids) overrides the action router's choice (counterfactuals).
 
         Returns final_action (clamped), final_action_preclamp, euler_states [B, N+1, H, A] and, for
         DriveMoE, action_router_{logits,probs,topk_idx,topk_weights} [N, B, .]. The Euler state stays
         in fp32 whatever the weights' dtype.
         """
         batch = cache.action_mask.shape[0]
-        return self._denoise_loop(lambda x, t: self.action_step(cache, x, t), batch, cache.action_mask.device,
+        return self._denoise_loop(lambda x, t: self.action_step(cache, x, t, forced_experts), batch, cache.action_mask.device,
                                   noise, generator, return_intermediates)
 
     def compile_for_inference(self, vision: bool = True) -> "DriveMoE":

@@ -170,7 +170,7 @@ def test_agent_under_the_evaluator_calling_sequence(tmp_path, tiny_checkpoint, f
     assert agent.policy is None and agent.stack is None
 
     header = json.loads((save_dir / "trace_header.json").read_text())
-    assert header["format"] == "drivemoe-trace" and header["version"] == 1
+    assert header["format"] == "drivemoe-trace" and header["version"] == 2
     assert header["agent_config"]["device"] == "cpu" and len(header["cameras"]) == 6
     records = [json.loads(line) for line in lines_before_destroy]
     for k, record in enumerate(records):

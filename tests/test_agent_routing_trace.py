@@ -27,7 +27,7 @@ def prediction(moe: bool = True):
 
 def test_trace_line_has_every_key_of_format_v1():
     record = trace_record(12, 0.6, 3.2, (10.0, -5.0), 1.5, (20.0, 1.0), prediction(), {"steer": -0.1, "throttle": 0.3, "brake": 0.0}, {"model": 50.0})
-    assert record["version"] == 1 and record["frame"] == 12
+    assert record["version"] == 2 and record["frame"] == 12
     assert record["camera_router"]["candidates"] == list(ROUTER_CANDIDATES)
     assert record["camera_router"]["selected"] == ["CAM_BACK_RIGHT"]
     assert record["action_router"]["num_experts"] == 7 and len(record["action_router"]["steps"]) == 3
@@ -49,7 +49,7 @@ def test_writer_flushes_each_line_and_saves_images(tmp_path):
     assert saved == {"CAM_FRONT": "images/000002_CAM_FRONT.jpg"} and (tmp_path / saved["CAM_FRONT"]).is_file()
     writer.close()
     header = json.loads((tmp_path / "trace_header.json").read_text())
-    assert header["save_name"] == "RouteScenario_1" and header["version"] == 1 and len(header["cameras"]) == 6
+    assert header["save_name"] == "RouteScenario_1" and header["version"] == 2 and len(header["cameras"]) == 6
 
 
 def test_a_second_run_into_the_same_folder_starts_a_new_trace_and_keeps_the_old(tmp_path):

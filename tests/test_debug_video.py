@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agent.debugger.debug_video import (
+    SELECTED_COLOR,
     VideoLayout,
     front_waypoint_pixels,
     load_trace,
@@ -101,10 +102,10 @@ def test_rendered_frame_draws_waypoints_at_projected_pixels_and_highlights_the_c
     # the selected camera's tile has the highlight border, the others do not
     chosen = prediction.selected_cameras[0]
     cx, cy = layout.tile_origin(chosen)
-    assert tuple(frame[cy + 3, cx + layout.tile_width // 2]) == (0, 215, 255)
+    assert tuple(frame[cy + 3, cx + layout.tile_width // 2]) == SELECTED_COLOR
     other = next(c for c in ROUTER_CANDIDATES if c != chosen)
     ox, oy = layout.tile_origin(other)
-    assert tuple(frame[oy + 3, ox + layout.tile_width // 2]) != (0, 215, 255)
+    assert tuple(frame[oy + 3, ox + layout.tile_width // 2]) != SELECTED_COLOR
 
 
 def test_video_has_one_frame_per_inference(tmp_path):
@@ -180,7 +181,7 @@ def test_dense_model_lines_render_without_router_panels(tmp_path):
     frame = render_frame(record, {}, "pi0", layout)
     for camera in ROUTER_CANDIDATES:  # nothing highlighted
         x0, y0 = layout.tile_origin(camera)
-        assert tuple(frame[y0 + 3, x0 + layout.tile_width // 2]) != (0, 215, 255)
+        assert tuple(frame[y0 + 3, x0 + layout.tile_width // 2]) != SELECTED_COLOR
 
 
 def test_png_frames_when_no_video_encoder(tmp_path, monkeypatch):

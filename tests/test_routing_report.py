@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.skills import SKILL_NAMES
+
 from agent.debugger.routing_report import build_report, scenario_type_of
 from agent.debugger.debug_video import load_trace
 from model.cameras import ROUTER_CANDIDATES, router_class_of_label
@@ -71,7 +73,7 @@ def test_report_numbers_match_the_traces(run, tmp_path):
         assert entry["flips"] == sum(a != b for a, b in zip(selected, selected[1:]))
         final = [l["action_router"]["steps"][-1] for l in lines]
         top = [s["experts"][int(np.argmax(s["weights"]))] for s in final]
-        assert entry["expert_counts"] == {str(e): top.count(e) for e in range(7)}
+        assert entry["expert_counts"] == {SKILL_NAMES[e]: top.count(e) for e in range(7)}
     assert numbers["camera_counts"] == {c: all_selected.count(c) for c in ROUTER_CANDIDATES}
     assert numbers["inferences"] == len(all_selected)
     # per scenario type and per ability (Accident -> Overtaking; HighwayCutIn -> Merging)
@@ -139,5 +141,5 @@ def test_dense_model_trace_reports_no_choices(tmp_path):
     result = build_report([folder], tmp_path / "report", progress=False)
     assert result.numbers["inferences"] == 3
     assert set(result.numbers["camera_counts"].values()) == {0}
-    assert "skill_accuracy" not in result.numbers and "camera_accuracy" not in result.numbers
+    assert "top_expert_accuracy" not in result.numbers and "skill_router_accuracy" not in result.numbers and "camera_accuracy" not in result.numbers
     assert result.numbers["routes"][CUTIN]["flips"] == 0

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.debugger.counterfactual_hook import CounterfactualHook
 from agent.runtime.config import AgentConfig, agent_config_from_dict
 from agent.runtime.localization import GeoReference, world_to_gps
 from agent.debugger.replay_scoring import FramePrediction, score_replay
@@ -58,6 +59,8 @@ class ReplayConfig:
     preset: str = "default"
     seed: int = 0
     progress: bool = True
+    counterfactual_every: int = 0  # re-run every N-th inference under the other routing choices (0: never)
+    counterfactual_frames: tuple[int | None, int | None] = (None, None)  # clip frames [A, B) to do it for
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,11 @@ def run_replay(
     scenario, skill, skill_names = _scenario_skill(clip.name)
     header = read_json(out / "trace_header.json")
     header.update({"clip": str(clip.path.resolve()), "scenario_type": scenario, "source": "drivemoe replay"})
+    model_config = getattr(policy, "config", None)
+    if getattr(model_config, "use_action_moe", False):
+        from model.counterfactual import expert_names
+
+        header["expert_names"] = list(expert_names(model_config.action_moe.num_experts))
     write_json_atomic(out / "trace_header.json", header)
     if labels is not None:
         write_json_atomic(out / "camera_labels.json", {str(k): v for k, v in sorted(labels.items())})
@@ -282,8 +290,13 @@ def run_replay(
     policy_config = getattr(policy, "config", None)
     history_steps = policy_config.flow.cond_steps if policy_config is not None else 5
     horizon = policy_config.flow.horizon if policy_config is not None else 10
+    counterfactual = None
+    if config.counterfactual_every > 0:
+        start, stop = config.counterfactual_frames
+        counterfactual = CounterfactualHook(policy, config.counterfactual_every, wanted=lambda: (
+            (start is None or trace.clip_frame >= start) and (stop is None or trace.clip_frame < stop)))
     stack = AgentStack(agent_config, policy, route_xy, reference, image_size=policy.image_size,
-                       history_steps=history_steps, trace=trace)
+                       history_steps=history_steps, trace=trace, counterfactual=counterfactual)
     predictions: list[FramePrediction] = []
     try:
         for frame in tqdm(frames, desc=f"replay {clip.name}", unit="frame", disable=not config.progress):
@@ -315,7 +328,8 @@ def format_scores(scores: dict) -> list[str]:
         lines.append(f"waypoints: ADE {w['ade_m']:.2f} m, FDE {w['fde_m']:.2f} m over {w['scored_frames']} frames")
     else:
         lines.append("waypoints: no frame with a full ground-truth horizon")
-    for key, name in (("camera_router", "camera router"), ("skill_router", "skill router")):
+    for key, name in (("camera_router", "camera router"),
+                      ("skill_router", "skill router (argmax of the step-averaged logits = scenario skill)")):
         entry = scores[key]
         if entry.get("accuracy") is not None:
             lines.append(f"{name}: accuracy {entry['accuracy']:.3f} over {entry['scored_frames']} frames")
@@ -337,6 +351,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--route", default="commands", choices=["commands", "trajectory"],
                         help="global route from the clip's far commands (default) or its ego trajectory")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--counterfactual-every", type=int, default=0, metavar="N",
+                        help="every N-th inference, also run the model under every other camera and skill-expert choice "
+                             "and write the alternative trajectories to the trace (default 0: off)")
+    parser.add_argument("--counterfactual-frames", default=None, metavar="A:B",
+                        help="only for clip frames in [A, B) (either side optional); implies --counterfactual-every 1 if unset")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -348,9 +367,16 @@ def main(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    from agent.debugger.debug_video import parse_frame_range
+
+    if args.counterfactual_every < 0:
+        raise ValueError(f"--counterfactual-every must be >= 0, got {args.counterfactual_every}")
+    frames = parse_frame_range(args.counterfactual_frames, "--counterfactual-frames")
+    every = args.counterfactual_every or (1 if args.counterfactual_frames else 0)
     policy = DrivePolicy.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     result = run_replay(args.clip, policy, args.out, args.camera_labels,
-                        ReplayConfig(skip_bad_frames=args.skip_bad_frames, route=args.route, preset=args.preset, seed=args.seed),
+                        ReplayConfig(skip_bad_frames=args.skip_bad_frames, route=args.route, preset=args.preset, seed=args.seed,
+                                     counterfactual_every=every, counterfactual_frames=frames),
                         model_info={"path": str(Path(args.model).resolve()), "name": policy.config.name},
                         warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     print(f"replayed {result.inferences} frames of {Path(args.clip).name} -> {result.trace_dir / 'trace.jsonl'}")

@@ -36,6 +36,7 @@ class DemoConfig:
     torch_threads: int = 1  # the tiny model is bound by per-op overhead: one thread is fastest on 2 cores
     progress: bool = True
     weights: Path | None = DEMO_WEIGHTS  # None: always the untrained tiny model
+    counterfactual_every: int = 1  # counterfactual routing on every inference (the video and report show it)
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig()) -> DemoResu
     policy, model_dir, trained = build_demo_policy(out, config.model_seed, config.weights)
     model_info = {"name": policy.config.name, "path": str(model_dir.resolve()), "trained": trained}
     replay = run_replay(clip.clip_dir, policy, out / "replay", clip.camera_labels_path,
-                        ReplayConfig(progress=config.progress), model_info=model_info)
+                        ReplayConfig(progress=config.progress, counterfactual_every=config.counterfactual_every),
+                        model_info=model_info)
     video = render_trace_video(replay.trace_dir, out / "demo.mp4", progress=config.progress)
-    report = build_report([replay.trace_dir], out / "report", progress=config.progress)
+    report = build_report([replay.trace_dir], out / "report", progress=config.progress, videos=[video.path])
     return DemoResult(out, clip.clip_dir, model_dir, trained, replay.trace_dir, video.path, report.index,
                       replay.scores or {}, time.perf_counter() - started)
 
@@ -113,8 +115,13 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames must be >= 15 (a scored frame needs ten future frames and the ego history), got {args.frames}")
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    result = run_demo(args.out, DemoConfig(kind=args.kind, seed=args.seed, frames=args.frames,
-                                           weights=None if args.untrained else DEMO_WEIGHTS))
+    try:
+        result = run_demo(args.out, DemoConfig(kind=args.kind, seed=args.seed, frames=args.frames,
+                                               weights=None if args.untrained else DEMO_WEIGHTS))
+    except OSError as error:  # read-only or full output folder
+        from agent.debugger.outputs import output_error
+
+        raise output_error(error) from None
     print()
     if result.trained:
         print(f"model:  trained demo weights from {result.model_dir}")
@@ -124,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"clip:   {result.clip_dir}  (procedural scenario, Bench2Drive layout, camera labels beside it)")
     print(f"trace:  {result.trace_dir / 'trace.jsonl'}")
     print(f"video:  {result.video}")
-    print(f"report: {result.report}")
+    print(f"report: {result.report}  (and {result.report.with_name('report.html')}: one page with every plot)")
     for line in format_scores(result.scores):
         print(f"score:  {line}")
     print(f"done in {result.seconds:.0f} s")

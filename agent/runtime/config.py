@@ -93,6 +93,7 @@ class SaveConfig:
     metric_info: bool = True
     metric_info_every: int = 200  # ticks between atomic rewrites of metric_info.json (and at destroy)
     image_every: int = 0  # save the used camera images every N inferences (0: never)
+    counterfactual_every: int = 0  # counterfactual routing every N inferences into the trace (0: never)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from bench2drive_eval.jsonio import write_json_atomic
 from model.cameras import BENCH2DRIVE_CAMERAS, ROUTER_CANDIDATES
 from model.image_preprocessing import PreparedImage
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2  # 2 adds the optional `counterfactual` object; readers accept 1 and 2
 TRACE_FILE = "trace.jsonl"
 HEADER_FILE = "trace_header.json"
 IMAGES_DIR = "images"

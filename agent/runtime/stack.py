@@ -110,6 +110,7 @@ class AgentStack:
         history_steps: int = 5,
         trace: TraceWriter | None = None,
         observation_factory: Callable[..., Any] = _make_observation,
+        counterfactual: Callable[[Any, Any, int], dict[str, Any] | None] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -122,6 +123,11 @@ class AgentStack:
         self.guard = SensorGuard()  # bad sensor input: hold or brake, never raise (docs/agent-robustness.md)
         self.fault_log = FaultLog(trace.folder) if trace is not None else None
         self._observation_factory = observation_factory
+        if counterfactual is None and config.save.counterfactual_every > 0:  # off by default: costs a batched re-run
+            from agent.debugger.counterfactual_hook import CounterfactualHook
+
+            counterfactual = CounterfactualHook(policy, every=config.save.counterfactual_every)
+        self.counterfactual = counterfactual  # (observation, prediction, inference index) -> trace object or None
         self._augment = (
             TestTimeAugmentation(seed=config.seed if config.seeded_noise else None)
             if config.test_time_augmentation
@@ -201,10 +207,9 @@ class AgentStack:
         )
         seed = self.config.seed + self.inferences if self.config.seeded_noise else None
         model_started = time.perf_counter()
+        observation = self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
         try:
-            prediction = self.policy.predict(
-                self._observation_factory(images=images, ego_history=self.history.history(), jpeg_quality=None, seed=seed)
-            )
+            prediction = self.policy.predict(observation)
         except Exception as error:  # e.g. the router picked a camera with no usable frame: brake, never crash
             fault = Fault("policy", type(error).__name__, str(error)[:300], "brake")
             faults += guarded.camera_faults(braked=True) + [self.guard.note(fault, exc_info=error)]
@@ -212,6 +217,10 @@ class AgentStack:
             return self._without_inference(BRAKE, faults, timestamp)
         faults += guarded.camera_faults(braked=False)
         model_ms = (time.perf_counter() - model_started) * 1000.0
+        counterfactual, counterfactual_started = None, time.perf_counter()
+        if self.counterfactual is not None:
+            counterfactual = self.counterfactual(observation, prediction, self.inferences)
+        counterfactual_ms = (time.perf_counter() - counterfactual_started) * 1000.0
         dt = self.config.inference_interval * TICK_SECONDS
         try:  # keep the policy's float32: the authors' controller computes in it
             waypoints = np.asarray(prediction.waypoints)
@@ -244,6 +253,8 @@ class AgentStack:
             for key in ("vision", "prefix", "denoise"):
                 if key in timings:
                     latency[key] = float(timings[key])
+            if counterfactual is not None:
+                latency["counterfactual"] = counterfactual_ms
             latency["tick"] = (time.perf_counter() - started) * 1000.0
             target_ego = world_to_ego(target_world[None], pose.xy, pose.compass)[0]
             record = trace_record(
@@ -260,6 +271,8 @@ class AgentStack:
             )
             if faults:
                 record["faults"] = [fault.as_dict() for fault in faults]
+            if counterfactual is not None:
+                record["counterfactual"] = counterfactual
             self._written(lambda: self.trace.append(record), "trace")
         if faults and self.fault_log is not None:
             self.fault_log.append(self.frame, timestamp, faults, sent.as_dict())

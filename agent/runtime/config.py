@@ -101,6 +101,7 @@ class AgentConfig:
     seed: int = 0
     jpeg_quality: int | None = 20  # None: the frames are already dataset JPEGs (replay), no second round trip
     jpeg_decode_scale: int = 1  # 2: half-resolution JPEG decode, ~2.5x cheaper, not bit-exact
+    prepare_threads: int = 2  # threads preparing one camera frame's row strips (bit-identical for any value)
     cuda_graphs: bool = True  # CUDA only: prefix + denoising replayed as one captured graph (exact)
     # --- switches the presets set (see docs/conventions.md) ---
     test_time_augmentation: bool = False
@@ -161,6 +162,7 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
         "controller.speed_pid.window": config.controller.speed_pid.window,
         "controller.turn_pid.window": config.controller.turn_pid.window,
         "save.metric_info_every": config.save.metric_info_every,
+        "prepare_threads": config.prepare_threads,
     }
     for name, value in positive.items():
         if value < 1:

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, MODEL_IMAGE_ORDER
-from model.image_preprocessing import PreparedImage, resize_like_torchvision_pil
+from model.errors import ObservationError
+from model.image_preprocessing import FramePreparer, PreparedImage, resize_like_torchvision_pil
 
 GNSS_ID = "GPS"
 IMU_ID = "IMU"
@@ -155,8 +156,10 @@ class LazyCameraImages(Mapping):
         augment: Callable[[PreparedImage], PreparedImage] | None = None,
         keys: tuple[str, ...] = MODEL_IMAGE_ORDER,
         decode_scale: int = 1,
+        preparer: FramePreparer | None = None,
     ) -> None:
         self._input = input_data
+        self._preparer = preparer  # the exact path on a thread pool (decode_scale 1 only)
         self._size = image_size
         self._quality = jpeg_quality
         self._previous = previous_front
@@ -187,11 +190,17 @@ class LazyCameraImages(Mapping):
                 return self._prepared[name]
             if name not in self._input:
                 raise KeyError(f"camera {name!r} is missing from this tick's sensor data")
-            self._prepared[name] = prepare_sensor_frame(
-                self._input[name][1], self._size, self._quality, name, self._decode_scale
-            )
+            self._prepared[name] = self._convert(self._input[name][1], name)
             self.accessed.append(name)
         return self._prepared[name]
+
+    def _convert(self, frame: Any, name: str) -> PreparedImage:
+        if self._preparer is None or self._decode_scale != 1:
+            return prepare_sensor_frame(frame, self._size, self._quality, name, self._decode_scale)
+        try:
+            return self._preparer.prepare(_check_frame(frame, name), self._size, self._quality, name)
+        except ObservationError as error:  # same exception type as prepare_sensor_frame raises
+            raise ValueError(str(error)) from None
 
     def __getitem__(self, name: str) -> PreparedImage:
         if name not in self._keys:

@@ -21,6 +21,7 @@ from model.config import ModelConfig
 from model.drivemoe import DriveMoE, GraphedPrefixAndDenoise
 from model.ego_state import EgoStateHistory
 from model.errors import CheckpointError, ObservationError
+from model.fusion import fuse_projections
 from model.image_preprocessing import (
     PreparedImage,
     prepare_camera_image,
@@ -119,11 +120,15 @@ class DrivePolicy:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None, cuda_graphs: bool = False) -> "DrivePolicy":
-        """Load a converted folder (model.safetensors + config.json); dtype None keeps the stored one."""
+                        dtype: str | torch.dtype | None = None, cuda_graphs: bool = False,
+                        fused_projections: bool = True) -> "DrivePolicy":
+        """Load a converted folder (model.safetensors + config.json); dtype None keeps the stored one.
+        `fused_projections`: fuse Q/K/V and gate/up once here (model/fusion.py; same weights, no copy)."""
         from model.checkpoints import load_pretrained
 
         model, config = load_pretrained(model_dir, device=device, dtype=dtype)
+        if fused_projections:
+            fuse_projections(model)
         return cls(model, config, cuda_graphs=cuda_graphs)
 
     @property

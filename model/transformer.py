@@ -47,6 +47,15 @@ class MixtureAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, j.num_kv_heads * j.head_dim, **kw)
         self.v_proj = nn.Linear(hidden, j.num_kv_heads * j.head_dim, **kw)
         self.o_proj = nn.Linear(j.num_heads * j.head_dim, hidden, **kw)
+        self.qkv: torch.Tensor | None = None  # [q; k; v] weight view set by model.fusion.fuse_projections
+        self._sizes = (j.num_heads * j.head_dim, j.num_kv_heads * j.head_dim, j.num_kv_heads * j.head_dim)
+
+    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) of `h`: one GEMM when fused and gradients are off, else three."""
+        if self.qkv is not None and not torch.is_grad_enabled():
+            q, k, v = F.linear(h, self.qkv).split(self._sizes, dim=-1)
+            return q, k, v
+        return self.q_proj(h), self.k_proj(h), self.v_proj(h)
 
 
 class MixtureLayer(nn.Module):
@@ -230,10 +239,10 @@ class JointModel(nn.Module):
                 layer = self.mixtures[n].layers[layer_idx]
                 h = layer.input_layernorm(x[n])
                 t = h.shape[1]
-                attn = layer.self_attn
-                q = attn.q_proj(h).view(b, t, j.num_heads, j.head_dim).transpose(1, 2)
-                k = attn.k_proj(h).view(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
-                v = attn.v_proj(h).view(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
+                q, k, v = layer.self_attn.project(h)
+                q = q.reshape(b, t, j.num_heads, j.head_dim).transpose(1, 2)
+                k = k.reshape(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
+                v = v.reshape(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
                 cos, sin = streams[n].cos, streams[n].sin
                 qs.append(apply_rope(q, cos, sin))
                 ks.append(apply_rope(k, cos, sin))

@@ -1,0 +1,84 @@
+"""Fused projections (model/fusion.py) and the grouped-GEMM experts: same results as the separate
+projections, same state_dict, no copies of the weights, training untouched."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from model.action_moe import MoEMLP, route
+from model.drivemoe import DriveMoE
+from model.fusion import fuse_projections, is_fused
+from tests.test_model_units import CONFIGS, infer, random_inputs, randomise
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fused_inference_equals_separate_projections(config) -> None:
+    model = randomise(DriveMoE(config))
+    x = random_inputs(config, 2)
+    with torch.inference_mode():
+        reference = infer(model, x)
+    fused = fuse_projections(copy.deepcopy(model))
+    assert is_fused(fused) and not is_fused(model)
+    with torch.inference_mode():
+        out = infer(fused, x)
+    for key, value in reference.items():
+        torch.testing.assert_close(out[key], value, atol=2e-6, rtol=2e-6, msg=key)
+    if "action_router_topk_idx" in reference:
+        assert torch.equal(out["action_router_topk_idx"], reference["action_router_topk_idx"])
+
+
+def test_fusion_keeps_the_state_dict_aliases_the_storage_and_follows_loads() -> None:
+    config = CONFIGS[0].values[0]
+    model = randomise(DriveMoE(config))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    storage_before = sum(p.numel() for p in model.parameters())
+    fuse_projections(model)
+    fuse_projections(model)  # idempotent
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(p is params[n] for n, p in model.named_parameters())  # identity kept (optimisers)
+    attn = model.joint_model.mixtures["action"].layers[0].self_attn
+    assert attn.q_proj.weight.data_ptr() == attn.qkv.data_ptr()  # a view, not a copy
+    assert sum(p.numel() for p in model.parameters()) == storage_before
+    moe = next(m for m in model.modules() if isinstance(m, MoEMLP))
+    assert moe.skill_experts[1].down_proj.weight.data_ptr() == moe.expert_down[1].data_ptr()
+    key = next(k for k in after if k.endswith("self_attn.k_proj.weight"))
+    model.load_state_dict({**after, key: torch.zeros_like(after[key])})
+    layer = model.get_submodule(key.rsplit(".", 2)[0])
+    assert torch.count_nonzero(layer.qkv[layer.q_proj.weight.shape[0]:][: layer.k_proj.weight.shape[0]]) == 0
+
+
+def test_training_through_a_fused_model_still_reaches_every_parameter() -> None:
+    config = CONFIGS[0].values[0]
+    model = fuse_projections(randomise(DriveMoE(config)))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    vision_q = model.vision_tower.vision_model.encoder.layers[0].self_attn.q_proj.weight
+    out = model.encode_images(random_inputs(config, 1)["pixel_values"][:, :2])
+    out.sum().backward()  # grad on: the separate projections run, gradients land on the parameters
+    assert vision_q.grad is not None and torch.count_nonzero(vision_q.grad) > 0
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_grouped_gemm_experts_equal_the_gathered_and_dense_paths(dtype, tol) -> None:
+    gen = torch.Generator().manual_seed(3)
+    moe = MoEMLP(16, 24, num_experts=6, num_shared=1)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    moe = moe.to(dtype)
+    h = torch.randn(2, 5, 16, generator=gen).to(dtype)
+    routing = route(torch.randn(2, 6, generator=gen), 2, dtype)
+    with torch.no_grad():
+        reference = moe._dense(h, routing) + moe.shared_experts[0](h)
+        gathered = moe(h, routing)
+        fuse_projections(moe)
+        fused_gathered = moe(h, routing)
+        moe.grouped_gemm = True
+        grouped = moe(h, routing)
+    for out in (gathered, fused_gathered, grouped):
+        torch.testing.assert_close(out.float(), reference.float(), atol=tol, rtol=tol)
+    assert torch.equal(grouped, fused_gathered) or dtype != torch.float32

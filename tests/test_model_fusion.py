@@ -82,3 +82,45 @@ def test_grouped_gemm_experts_equal_the_gathered_and_dense_paths(dtype, tol) -> 
     for out in (gathered, fused_gathered, grouped):
         torch.testing.assert_close(out.float(), reference.float(), atol=tol, rtol=tol)
     assert torch.equal(grouped, fused_gathered) or dtype != torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("grouped", [False, True])
+def test_cuda_fused_graphed_path_equals_eager_without_host_syncs(grouped) -> None:
+    from model.drivemoe import GraphedPrefixAndDenoise
+    from model.fusion import set_grouped_experts
+
+    config = CONFIGS[0].values[0]
+    model = randomise(DriveMoE(config)).to("cuda")
+    x = {k: v.cuda() for k, v in random_inputs(config, 1).items()}
+    with torch.inference_mode():
+        routed = model.prepare_image_tokens(x["pixel_values"], x["goal"])
+        cache = model.build_prefix_cache(x["input_ids"], x["attention_mask"], routed["image_tokens"], x["proprio"])
+        eager = model.denoise(cache, noise=x["noise"])
+        set_grouped_experts(fuse_projections(model), grouped)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            cache = model.build_prefix_cache(x["input_ids"], x["attention_mask"], routed["image_tokens"], x["proprio"])
+            fused = model.denoise(cache, noise=x["noise"])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    graphed = GraphedPrefixAndDenoise(model, batch=1)
+    replay = graphed(x["input_ids"], x["attention_mask"], routed["image_tokens"], x["proprio"], x["noise"])
+    for out in (fused, replay):
+        torch.testing.assert_close(out["euler_states"], eager["euler_states"], atol=1e-5, rtol=1e-5)
+        assert torch.equal(out["action_router_topk_idx"], eager["action_router_topk_idx"])
+
+
+def test_bench_times_each_path_on_one_model_and_checks_agreement() -> None:
+    from model.bench import BenchConfig, format_table, run_configuration
+
+    cfg = BenchConfig(presets=("tiny-drivemoe",), device="cpu", dtypes=("bfloat16",), iters=1, warmup=0,
+                      paths=("eager", "agent", "fast"), grouped_experts=True, fp32_reference=True)
+    results = run_configuration("tiny-drivemoe", "bfloat16", False, cfg)
+    assert [r.path for r in results] == ["eager", "agent", "fast"] and all(r.status == "ok" for r in results)
+    assert results[0].max_abs_diff_vs_first == 0.0
+    for r in results:
+        assert r.routing_equal_vs_first and r.max_abs_diff_vs_first < 2e-2 and r.max_abs_diff_vs_fp32 < 5e-2
+        assert set(r.median_ms) == {"preprocess", "vision", "router", "prefix", "denoise", "total"}
+    assert "fast" in format_table(results)

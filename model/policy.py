@@ -96,9 +96,12 @@ class DrivePolicy:
     """Inference wrapper around a DriveMoE / Drive-pi0 network (see docs/policy-api.md)."""
 
     def __init__(self, model: DriveMoE, config: ModelConfig | None = None, prompt_token_ids: Sequence[int] | None = None,
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, reuse_previous_front: bool = True) -> None:
         """`cuda_graphs`: on a CUDA device, run prefix + denoising as one captured CUDA graph per batch
-        size (one launch instead of thousands; replay is exact). Ignored on other devices."""
+        size (one launch instead of thousands; replay is exact). Ignored on other devices.
+        `reuse_previous_front`: batch 1, when CAM_FRONT_PREVIOUS is the very image (same PreparedImage
+        pixels object) that was CAM_FRONT of the previous call, as the agent passes it when augmentation
+        is off, its vision tokens from that call are reused: one image through the tower instead of two."""
         config = model.config if config is None else config
         if prompt_token_ids is not None:
             config = replace(config, sequence=replace(config.sequence, prompt_token_ids=tuple(int(i) for i in prompt_token_ids)))
@@ -117,6 +120,8 @@ class DrivePolicy:
         self._attention_mask = torch.from_numpy(attention_mask).to(model.device)
         self.cuda_graphs = bool(cuda_graphs) and model.device.type == "cuda"
         self._graphs: dict[int, GraphedPrefixAndDenoise] = {}
+        self.reuse_previous_front = bool(reuse_previous_front)
+        self._last_front: tuple[np.ndarray, torch.Tensor] | None = None  # (CAM_FRONT pixels, its tokens [1, P, W])
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
@@ -183,6 +188,20 @@ class DrivePolicy:
                 rows.append(torch.randn(shape, dtype=torch.float32))
         return torch.stack(rows).to(self.device)
 
+    def _encode_fronts(self, front_pixels: torch.Tensor, prepared: list[dict[str, PreparedImage]]) -> torch.Tensor:
+        """[B, 2, P, W] tokens of CAM_FRONT and CAM_FRONT_PREVIOUS (the latter reused when possible)."""
+        last = self._last_front
+        reuse = (self.reuse_previous_front and last is not None and len(prepared) == 1
+                 and prepared[0][FRONT_PREVIOUS].chw is last[0])
+        if reuse:
+            current = self.model.encode_images(front_pixels[:, :1])
+            tokens = torch.cat([current, last[1].unsqueeze(1)], dim=1)
+        else:
+            tokens = self.model.encode_images(front_pixels)
+        if self.reuse_previous_front and len(prepared) == 1:
+            self._last_front = (prepared[0][FRONT].chw, tokens[:, 0].clone())
+        return tokens
+
     # ---- the whole step --------------------------------------------------------------------------
     @torch.inference_mode()
     def predict_batch(self, observations: Sequence[Observation]) -> list[Prediction]:
@@ -211,7 +230,7 @@ class DrivePolicy:
         timings["preprocess"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        front_tokens = model.encode_images(front_pixels)
+        front_tokens = self._encode_fronts(front_pixels, prepared)
         self._sync()
         timings["vision"] += time.perf_counter() - clock
 

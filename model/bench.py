@@ -2,7 +2,7 @@
 
     drivemoe bench [--preset drivemoe-base drivepi0-base | tiny-drivemoe ...] [--device cuda|cpu]
                    [--dtypes float32 bfloat16] [--iters N] [--warmup N] [--all-views] [--batch B]
-                   [--raw-frames] [--paths eager agent fast] [--grouped-experts] [--compile]
+                   [--raw-frames] [--paths eager agent fast] [--grouped-experts] [--compile] [--attention flex]
                    [--fp32-reference] [--json FILE]
 
 Models are built on the target device directly (meta-device construction, `to_empty`, then a cheap
@@ -60,11 +60,12 @@ class BenchConfig:
     paths: tuple[str, ...] = ("agent",)  # see PATHS; every path of a configuration shares one model
     grouped_experts: bool = False  # fast path: chosen experts as grouped GEMMs (torch._grouped_mm)
     compile: bool = False  # fast path: torch.compile the joint transformer and the vision tower
+    attention: str = "eager"  # fast path: joint attention kernel, "eager" or "flex" (FlexAttention)
     fp32_reference: bool = False  # reduced-precision configurations: also compare with fp32 of the same weights
 
 
 # eager: separate projections, no CUDA graph; agent: what the agent runs (fused at load, CUDA graph when
-# cuda_graphs); fast: agent + grouped experts / torch.compile as configured.
+# cuda_graphs); fast: agent + grouped experts / FlexAttention / torch.compile as configured.
 PATHS = ("eager", "agent", "fast")
 
 
@@ -207,6 +208,7 @@ def _prepare_path(model: DriveMoE, path: str, cfg: BenchConfig) -> None:
         fuse_projections(model)  # what DrivePolicy.from_pretrained does
     if path == "fast":
         set_grouped_experts(model, cfg.grouped_experts)
+        model.joint_model.attention_kernel = cfg.attention
         if cfg.compile:
             model.compile_for_inference()
 
@@ -348,6 +350,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checked against the first (default: all three on CUDA, eager agent on CPU)")
     parser.add_argument("--grouped-experts", action="store_true", help="fast path: chosen experts as grouped GEMMs")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile (minutes at paper scale)")
+    parser.add_argument("--attention", choices=["eager", "flex"], default="eager", help="fast path: joint attention kernel")
     parser.add_argument("--fp32-reference", action="store_true",
                         help="bfloat16 configurations: also run the same random weights in fp32 and report the difference")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
@@ -369,7 +372,7 @@ def main(args: argparse.Namespace) -> int:
                       all_views=args.all_views, batch=args.batch, raw_frames=args.raw_frames,
                       cuda_graphs=not args.no_cuda_graphs,
                       paths=tuple(args.paths) if args.paths else (PATHS if device.startswith("cuda") else ("eager", "agent")),
-                      grouped_experts=args.grouped_experts, compile=args.compile, fp32_reference=args.fp32_reference)
+                      grouped_experts=args.grouped_experts, compile=args.compile, attention=args.attention, fp32_reference=args.fp32_reference)
     results = run_bench(cfg)
     env = environment(device)
     print(f"\ndrivemoe bench: {env}; batch {cfg.batch}; {cfg.iters} iterations after {cfg.warmup} warm-up")

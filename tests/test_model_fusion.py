@@ -124,3 +124,30 @@ def test_bench_times_each_path_on_one_model_and_checks_agreement() -> None:
         assert r.routing_equal_vs_first and r.max_abs_diff_vs_first < 2e-2 and r.max_abs_diff_vs_fp32 < 5e-2
         assert set(r.median_ms) == {"preprocess", "vision", "router", "prefix", "denoise", "total"}
     assert "fast" in format_table(results)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_flex_attention_with_softcap_equals_the_eager_attention() -> None:
+    from model.transformer import flex_grouped_attention, grouped_attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(shape, generator=gen) * 3 for shape in ((2, 4, 5, 8), (2, 2, 9, 8), (2, 2, 9, 8)))
+    mask = torch.zeros(2, 1, 5, 9)
+    mask[0, :, :, 6:] = torch.finfo(torch.float32).min  # padding columns
+    mask[1, :, 3:, :] = torch.finfo(torch.float32).min  # fully masked rows
+    for softcap in (None, 2.5):
+        torch.testing.assert_close(flex_grouped_attention(q, k, v, mask, softcap), grouped_attention(q, k, v, mask, softcap),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_flex_attention_in_the_whole_model_equals_eager() -> None:
+    config = CONFIGS[1].values[0]
+    model = randomise(DriveMoE(config))
+    x = random_inputs(config, 2)
+    with torch.inference_mode():
+        reference = infer(model, x)
+        model.joint_model.attention_kernel = "flex"
+        out = infer(model, x)
+    torch.testing.assert_close(out["final_action"], reference["final_action"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out["action_router_topk_idx"], reference["action_router_topk_idx"])

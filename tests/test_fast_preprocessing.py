@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from agent.runtime.config import AgentConfigError, agent_config_from_dict
@@ -94,3 +95,23 @@ def test_lazy_images_with_a_preparer_serve_the_same_images(drivemoe_reference):
         assert pooled.accessed == [FRONT, ROUTER_CANDIDATES[2]]
         with pytest.raises(ValueError, match="CAM_FRONT"):
             LazyCameraImages({FRONT: (0, np.zeros((4, 4), np.uint8))}, 8, 20, None, preparer=preparer)[FRONT]
+
+
+def test_device_preprocessing_is_within_one_grey_level_of_the_exact_path(drivemoe_reference):
+    from model.device_preprocessing import DevicePreparer
+
+    frame = _frames(drivemoe_reference)["sample"]
+    preparer = DevicePreparer("cuda" if torch.cuda.is_available() else "cpu")
+    for quality in (20, None):
+        exact = prepare_sensor_frame(frame, 224, quality, FRONT).chw.astype(int)
+        device = preparer.prepare(frame, 224, quality, FRONT)
+        assert device.chw.shape == (3, 224, 224) and device.chw.dtype == np.uint8
+        difference = np.abs(device.chw.astype(int) - exact)
+        if preparer.jpeg_backend == "cpu" or quality is None:  # same codec: only the float resize differs
+            assert difference.max() <= 1 and difference.mean() < 0.2
+        else:  # nvJPEG: another codec implementation
+            assert difference.mean() < 2.0
+    with pytest.raises(ObservationError, match="CAM_BACK"):
+        preparer.prepare(np.zeros((9, 16), dtype=np.uint8), 8, 20, "CAM_BACK")
+    with pytest.raises(AgentConfigError, match="gpu_preprocessing"):
+        agent_config_from_dict({"checkpoint": "x", "device": "cpu", "gpu_preprocessing": True})

@@ -156,7 +156,7 @@ class LazyCameraImages(Mapping):
         augment: Callable[[PreparedImage], PreparedImage] | None = None,
         keys: tuple[str, ...] = MODEL_IMAGE_ORDER,
         decode_scale: int = 1,
-        preparer: FramePreparer | None = None,
+        preparer: FramePreparer | None = None,  # or a DevicePreparer (same prepare() contract)
     ) -> None:
         self._input = input_data
         self._preparer = preparer  # the exact path on a thread pool (decode_scale 1 only)

@@ -39,6 +39,7 @@ from agent.runtime.route_planner import RoutePlanner
 from agent.runtime.sensor_frames import LazyCameraImages, TestTimeAugmentation, read_measurements
 from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.cameras import FRONT
+from model.device_preprocessing import DevicePreparer
 from model.ego_state import EgoWorldRecord, world_to_ego
 from model.image_preprocessing import FramePreparer, PreparedImage
 
@@ -119,7 +120,8 @@ class AgentStack:
         self._last_control: ControlCommand = BRAKE
         self._previous_front: PreparedImage | None = None
         self.last_images: LazyCameraImages | None = None
-        self._preparer = FramePreparer(config.prepare_threads)  # one pool for the route's camera frames
+        # one pool for the route's camera frames (or the device path, agent config gpu_preprocessing)
+        self._preparer = DevicePreparer(config.device) if config.gpu_preprocessing else FramePreparer(config.prepare_threads)
 
     def tick(self, input_data: Mapping[str, Any], timestamp: float) -> TickOutput:
         """Process one 20 Hz tick; see the module docstring."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU figure of issue 16 in one call on a lent H200 (see docs/model.md, "GPU check"):
-#   device run:  bash benchmarks/h200_check.sh          (timeout_s 600; the step limits add up to 590 s, expected ~6 min)
+#   device run:  bash benchmarks/h200_check.sh          (timeout_s 600; the step limits add up to 515 s, expected ~6 min)
 # Writes logs and JSON under $OUT (or ./h200_out). Each step has its own timeout, so one failure or
 # hang does not cost the others. Uses the machine's python3 (it holds PyTorch with CUDA).
 set -u
@@ -25,10 +25,13 @@ step bench_bf16 200 $PY -m model bench --preset drivemoe-base drivepi0-base --dt
 # 3. Paper scale fp32 DriveMoE, eager vs agent.
 step bench_fp32 80 $PY -m model bench --preset drivemoe-base --dtypes float32 --paths eager agent \
   --iters 10 --warmup 2 --json "$OUT/bench_fp32.json"
-# 4. FlexAttention (compiled kernel with the tanh soft-cap) in the fast path.
+# 4. GPU preprocessing (agent gpu_preprocessing): difference from the exact path and time per inference.
+#    Carry the six sample JPEGs as .h200/ (docs/model.md) or it measures random frames.
+step device_preprocessing 45 $PY benchmarks/device_preprocessing_check.py --device cuda --sample-frame "${SAMPLE_FRAME:-.h200}"
+# 5. FlexAttention (compiled kernel with the tanh soft-cap) in the fast path.
 step bench_flex 100 $PY -m model bench --preset drivemoe-base --dtypes bfloat16 --paths agent fast --grouped-experts \
   --attention flex --iters 20 --warmup 3 --json "$OUT/bench_flex.json"
-# 5. The fast path with torch.compile (first call compiles; the last step, so a slow compile costs nothing else).
-step bench_compile 120 $PY -m model bench --preset drivemoe-base --dtypes bfloat16 --paths fast --grouped-experts \
+# 6. The fast path with torch.compile (first call compiles; the last step, so a slow compile costs nothing else).
+step bench_compile 100 $PY -m model bench --preset drivemoe-base --dtypes bfloat16 --paths fast --grouped-experts \
   --compile --iters 20 --warmup 2 --json "$OUT/bench_compile.json"
 ls -la "$OUT"

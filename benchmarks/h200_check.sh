@@ -20,9 +20,9 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 step cuda_tests 90 $PY -m pytest -q -p no:cacheprovider -k "cuda or device_preprocessing" tests/test_model_fusion.py \
   tests/test_model_units.py tests/test_policy.py tests/test_fast_preprocessing.py
 # 2. Paper scale bf16, DriveMoE and Drive-pi0: eager vs agent (fused at load + CUDA graph) vs fast
-#    (+ grouped experts), one model each, agreement vs eager and vs fp32 of the same weights, peaks.
+#    (+ grouped experts + vision/router graphs), one model each, agreement vs eager and vs fp32 of the same weights, peaks.
 step bench_bf16 180 $PY -m model bench --preset drivemoe-base drivepi0-base --dtypes bfloat16 \
-  --paths eager agent fast --grouped-experts --fp32-reference --iters 20 --warmup 3 --json "$OUT/bench_bf16.json"
+  --paths eager agent fast --grouped-experts --graph-vision --fp32-reference --iters 20 --warmup 3 --json "$OUT/bench_bf16.json"
 # 3. Paper scale fp32 DriveMoE, eager vs agent.
 step bench_fp32 80 $PY -m model bench --preset drivemoe-base --dtypes float32 --paths eager agent \
   --iters 10 --warmup 2 --json "$OUT/bench_fp32.json"
@@ -34,5 +34,5 @@ step bench_flex 100 $PY -m model bench --preset drivemoe-base --dtypes bfloat16 
   --attention flex --iters 20 --warmup 3 --json "$OUT/bench_flex.json"
 # 6. The fast path with torch.compile (first call compiles; the last step, so a slow compile costs nothing else).
 step bench_compile 90 $PY -m model bench --preset drivemoe-base --dtypes bfloat16 --paths fast --grouped-experts \
-  --compile --iters 20 --warmup 2 --json "$OUT/bench_compile.json"
+  --graph-vision --compile --iters 20 --warmup 2 --json "$OUT/bench_compile.json"
 ls -la "$OUT"

@@ -2,7 +2,7 @@
 
     drivemoe bench [--preset drivemoe-base drivepi0-base | tiny-drivemoe ...] [--device cuda|cpu]
                    [--dtypes float32 bfloat16] [--iters N] [--warmup N] [--all-views] [--batch B]
-                   [--raw-frames] [--paths eager agent fast] [--grouped-experts] [--compile] [--attention flex]
+                   [--raw-frames] [--paths eager agent fast] [--grouped-experts] [--compile] [--attention flex] [--graph-vision]
                    [--fp32-reference] [--json FILE]
 
 Models are built on the target device directly (meta-device construction, `to_empty`, then a cheap
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.cameras import MODEL_IMAGE_ORDER
+from model.cameras import FRONT, FRONT_PREVIOUS, MODEL_IMAGE_ORDER
 from model.checkpoints import build_model, parse_dtype
 from model.config import ModelConfig
 from model.drivemoe import DriveMoE
@@ -61,11 +61,13 @@ class BenchConfig:
     grouped_experts: bool = False  # fast path: chosen experts as grouped GEMMs (torch._grouped_mm)
     compile: bool = False  # fast path: torch.compile the joint transformer and the vision tower
     attention: str = "eager"  # fast path: joint attention kernel, "eager" or "flex" (FlexAttention)
+    graph_vision: bool = False  # fast path: vision + router and views + prefix + denoising as two CUDA graphs
     fp32_reference: bool = False  # reduced-precision configurations: also compare with fp32 of the same weights
 
 
 # eager: separate projections, no CUDA graph; agent: what the agent runs (fused at load, CUDA graph when
-# cuda_graphs); fast: agent + grouped experts / FlexAttention / torch.compile as configured.
+# cuda_graphs; previous front's tokens reused); fast: agent + grouped experts / FlexAttention /
+# vision graphs / torch.compile as configured.
 PATHS = ("eager", "agent", "fast")
 
 
@@ -129,6 +131,8 @@ def synthetic_observations(config: ModelConfig, batch: int, raw_frames: bool, se
             images: dict = {c: rng.integers(0, 256, (900, 1600, 3), dtype=np.uint8) for c in MODEL_IMAGE_ORDER}
         else:
             images = {c: PreparedImage(rng.integers(0, 256, (3, size, size), dtype=np.uint8), c) for c in MODEL_IMAGE_ORDER}
+        if not raw_frames:
+            images[FRONT_PREVIOUS] = images[FRONT]  # as the agent passes the last front (reusable tokens)
         observations.append(Observation(images=images, ego_history=history, jpeg_quality=20 if raw_frames else None, seed=i))
     return observations
 
@@ -222,7 +226,10 @@ def _run_path(model: DriveMoE, config: ModelConfig, path: str, all_views: bool, 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(cfg.device)
     graphs = cfg.cuda_graphs and path != "eager"
-    policy = DrivePolicy(model, config, prompt_token_ids=_fake_prompt(config), cuda_graphs=graphs)
+    # agent and fast reuse the previous front's tokens as the agent does (the synthetic CAM_FRONT_PREVIOUS
+    # is the CAM_FRONT image object), eager encodes both fronts
+    policy = DrivePolicy(model, config, prompt_token_ids=_fake_prompt(config), cuda_graphs=graphs,
+                         reuse_previous_front=path != "eager", graph_vision=cfg.graph_vision and path == "fast")
     if all_views:
         step = lambda: _all_views_step(policy, observations)  # noqa: E731
     else:
@@ -350,6 +357,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checked against the first (default: all three on CUDA, eager agent on CPU)")
     parser.add_argument("--grouped-experts", action="store_true", help="fast path: chosen experts as grouped GEMMs")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile (minutes at paper scale)")
+    parser.add_argument("--graph-vision", action="store_true", help="fast path: vision + router inside CUDA graphs too")
     parser.add_argument("--attention", choices=["eager", "flex"], default="eager", help="fast path: joint attention kernel")
     parser.add_argument("--fp32-reference", action="store_true",
                         help="bfloat16 configurations: also run the same random weights in fp32 and report the difference")
@@ -372,7 +380,7 @@ def main(args: argparse.Namespace) -> int:
                       all_views=args.all_views, batch=args.batch, raw_frames=args.raw_frames,
                       cuda_graphs=not args.no_cuda_graphs,
                       paths=tuple(args.paths) if args.paths else (PATHS if device.startswith("cuda") else ("eager", "agent")),
-                      grouped_experts=args.grouped_experts, compile=args.compile, attention=args.attention, fp32_reference=args.fp32_reference)
+                      grouped_experts=args.grouped_experts, compile=args.compile, attention=args.attention, graph_vision=args.graph_vision, fp32_reference=args.fp32_reference)
     results = run_bench(cfg)
     env = environment(device)
     print(f"\ndrivemoe bench: {env}; batch {cfg.batch}; {cfg.iters} iterations after {cfg.warmup} warm-up")

@@ -59,13 +59,16 @@ def validate_rgb_frame(rgb: object, camera: str) -> np.ndarray:
 
 
 def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
-    """Encode an RGB uint8 frame as JPEG at `quality` (1-100) and decode it again (libjpeg via OpenCV)."""
+    """Encode an RGB uint8 frame as JPEG at `quality` (1-100) with OpenCV and decode it again (Pillow's
+    libjpeg-turbo decoder, which gives OpenCV's pixels faster; OpenCV's where `codecs_agree` says not)."""
     if not 1 <= int(quality) <= 100:
         raise ObservationError(f"jpeg_quality must be in 1..100, got {quality}")
     # OpenCV expects BGR; converting keeps the YCbCr transform (and so the artefacts) that of a normal RGB JPEG.
     ok, encoded = cv2.imencode(".jpg", rgb[:, :, ::-1], [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
     if not ok:
         raise ObservationError(f"JPEG encoding failed for an image of shape {rgb.shape}")
+    if codecs_agree()[0]:  # the same pixels, about half the time (see FramePreparer below)
+        return np.array(_decode_with_pillow(encoded))
     decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
     return np.ascontiguousarray(decoded[:, :, ::-1])
 
@@ -210,6 +213,33 @@ def row_strip_plan(height: int, width: int, size: int, parts: int, jpeg: bool) -
     return tuple(strips) if len(strips) > 1 else whole
 
 
+def _decode_with_pillow(encoded: np.ndarray) -> Image.Image:
+    image = Image.open(io.BytesIO(encoded.tobytes()))
+    image.load()
+    return image
+
+
+@functools.cache
+def codecs_agree() -> tuple[bool, bool]:
+    """(Pillow decodes OpenCV's JPEGs to OpenCV's pixels, MCU-aligned strips decode to the whole
+    image's rows), checked once on a small synthetic frame at two qualities. Both hold for the
+    libjpeg-turbo builds in the OpenCV and Pillow wheels; where either fails (another libjpeg), the
+    FramePreparer falls back to OpenCV's decoder and/or the whole frame, staying exact."""
+    rng = np.random.default_rng(12345)
+    yy, xx = np.mgrid[0:96, 0:80]
+    bgr = np.clip(np.stack([xx * 3, yy * 2, (xx + yy) * 1.5], axis=-1) + rng.normal(0, 20, (96, 80, 3)), 0, 255).astype(np.uint8)
+    same_decoder = same_strips = True
+    for quality in (20, 90):
+        params = [int(cv2.IMWRITE_JPEG_QUALITY), quality]
+        whole = cv2.imdecode(cv2.imencode(".jpg", bgr, params)[1], cv2.IMREAD_COLOR)
+        pillow = np.asarray(_decode_with_pillow(cv2.imencode(".jpg", bgr, params)[1]))
+        same_decoder &= bool(np.array_equal(pillow, whole[:, :, ::-1]))
+        top = cv2.imdecode(cv2.imencode(".jpg", bgr[:64], params)[1], cv2.IMREAD_COLOR)
+        bottom = cv2.imdecode(cv2.imencode(".jpg", bgr[32:], params)[1], cv2.IMREAD_COLOR)
+        same_strips &= bool(np.array_equal(top[:56], whole[:56]) and np.array_equal(bottom[8:], whole[40:]))
+    return same_decoder, same_strips
+
+
 def _prepare_strip(bgr: np.ndarray, strip: RowStrip, height: int, size: int, jpeg_quality: int | None) -> np.ndarray:
     """uint8 [out1 - out0, size, 3] RGB: one strip of the exact path's resized frame."""
     rows = bgr[strip.row0:strip.row1]
@@ -217,8 +247,10 @@ def _prepare_strip(bgr: np.ndarray, strip: RowStrip, height: int, size: int, jpe
         ok, encoded = cv2.imencode(".jpg", rows, [int(cv2.IMWRITE_JPEG_QUALITY), int(jpeg_quality)])
         if not ok:
             raise ObservationError(f"JPEG encoding failed for a frame of shape {bgr.shape}")
-        image = Image.open(io.BytesIO(encoded.tobytes()))
-        image.load()
+        if codecs_agree()[0]:
+            image = _decode_with_pillow(encoded)
+        else:
+            image = Image.fromarray(cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
     else:
         code = cv2.COLOR_BGRA2RGB if rows.shape[2] == 4 else cv2.COLOR_BGR2RGB
         image = Image.fromarray(cv2.cvtColor(rows, code))
@@ -253,7 +285,9 @@ class FramePreparer:
             raise ObservationError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         bgr = np.ascontiguousarray(bgr)
         height = bgr.shape[0]
-        strips = row_strip_plan(height, bgr.shape[1], size, self.threads, jpeg_quality is not None)
+        jpeg = jpeg_quality is not None
+        parts = self.threads if not jpeg or codecs_agree()[1] else 1
+        strips = row_strip_plan(height, bgr.shape[1], size, parts, jpeg)
         if self._pool is None or len(strips) == 1:
             pieces = [_prepare_strip(bgr, s, height, size, jpeg_quality) for s in strips]
         else:

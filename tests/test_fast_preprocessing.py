@@ -115,3 +115,14 @@ def test_device_preprocessing_is_within_one_grey_level_of_the_exact_path(drivemo
         preparer.prepare(np.zeros((9, 16), dtype=np.uint8), 8, 20, "CAM_BACK")
     with pytest.raises(AgentConfigError, match="gpu_preprocessing"):
         agent_config_from_dict({"checkpoint": "x", "device": "cpu", "gpu_preprocessing": True})
+
+
+def test_the_codec_assumptions_hold_here_and_a_failing_check_stays_exact(monkeypatch, drivemoe_reference):
+    import model.image_preprocessing as ip
+
+    assert ip.codecs_agree() == (True, True)  # the wheels' libjpeg-turbo builds
+    frame = _frames(drivemoe_reference)["noise"]
+    exact = prepare_sensor_frame(frame, 224, 20, FRONT).chw
+    monkeypatch.setattr(ip, "codecs_agree", lambda: (False, False))  # another libjpeg: OpenCV decode, whole frame
+    with FramePreparer(2) as preparer:
+        assert np.array_equal(preparer.prepare(frame, 224, 20, FRONT).chw, exact)

@@ -103,7 +103,7 @@ class MoEMLP(nn.Module):
         b, k = routing.topk_idx.shape
         if torch.is_grad_enabled() or b * k >= len(self.skill_experts):
             out = self._dense(h, routing)
-        elif self.expert_gate_up is not None and self.grouped_gemm:
+        elif self.expert_gate_up is not None and self.grouped_gemm and h.dtype == torch.bfloat16:  # _grouped_mm: bf16 only
             out = self._grouped(h, routing)
         else:
             out = self._gathered(h, routing)

@@ -80,7 +80,8 @@ def is_fused(model: nn.Module) -> bool:
 
 def set_grouped_experts(model: nn.Module, enabled: bool) -> nn.Module:
     """Run the chosen experts of every fused MoEMLP as grouped GEMMs (torch._grouped_mm) instead of
-    gathering their weights; equal results (tests/test_model_fusion.py). Off by default."""
+    gathering their weights, in bf16 (the dtype `torch._grouped_mm` takes under torch.compile; other
+    dtypes keep the gather); equal results (tests/test_model_fusion.py). Off by default."""
     from model.action_moe import MoEMLP
 
     for module in model.modules():

@@ -91,8 +91,10 @@ def test_cuda_fused_graphed_path_equals_eager_without_host_syncs(grouped) -> Non
     from model.fusion import set_grouped_experts
 
     config = CONFIGS[0].values[0]
-    model = randomise(DriveMoE(config)).to("cuda")
+    dtype = torch.bfloat16 if grouped else torch.float32  # grouped GEMMs run in bf16 only
+    model = randomise(DriveMoE(config)).to("cuda", dtype)
     x = {k: v.cuda() for k, v in random_inputs(config, 1).items()}
+    tol = 2e-2 if grouped else 1e-5
     with torch.inference_mode():
         routed = model.prepare_image_tokens(x["pixel_values"], x["goal"])
         cache = model.build_prefix_cache(x["input_ids"], x["attention_mask"], routed["image_tokens"], x["proprio"])
@@ -108,7 +110,7 @@ def test_cuda_fused_graphed_path_equals_eager_without_host_syncs(grouped) -> Non
     graphed = GraphedPrefixAndDenoise(model, batch=1)
     replay = graphed(x["input_ids"], x["attention_mask"], routed["image_tokens"], x["proprio"], x["noise"])
     for out in (fused, replay):
-        torch.testing.assert_close(out["euler_states"], eager["euler_states"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["euler_states"], eager["euler_states"], atol=tol, rtol=tol)
         assert torch.equal(out["action_router_topk_idx"], eager["action_router_topk_idx"])
 
 
@@ -150,4 +152,27 @@ def test_flex_attention_in_the_whole_model_equals_eager() -> None:
         model.joint_model.attention_kernel = "flex"
         out = infer(model, x)
     torch.testing.assert_close(out["final_action"], reference["final_action"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out["action_router_topk_idx"], reference["action_router_topk_idx"])
+
+
+def test_fused_grouped_model_traces_under_torch_compile_without_graph_breaks() -> None:
+    """Dynamo with the eager backend (no inductor compile on the CPU): the fused and grouped paths
+    trace as one graph per module and give the same bf16 result as the unfused eager model."""
+    from torch._dynamo.utils import counters
+
+    from model.fusion import set_grouped_experts
+
+    config = CONFIGS[0].values[0]
+    model = randomise(DriveMoE(config)).to(torch.bfloat16)
+    x = random_inputs(config, 1)
+    with torch.inference_mode():
+        reference = infer(model, x)
+    set_grouped_experts(fuse_projections(model), True)
+    model.joint_model.compile(backend="eager")
+    model.vision_tower.compile(backend="eager")
+    counters.clear()
+    with torch.inference_mode():
+        out = infer(model, x)
+    assert not counters["graph_break"]
+    torch.testing.assert_close(out["final_action"].float(), reference["final_action"].float(), atol=1e-2, rtol=0)
     assert torch.equal(out["action_router_topk_idx"], reference["action_router_topk_idx"])

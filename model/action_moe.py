@@ -92,8 +92,11 @@ class MoEMLP(nn.Module):
     def _stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[E, I, W] gate/up and [E, W, I] down weights, rebuilt whenever a weight changed (load, step)."""
         params = [p for e in self.skill_experts for p in (e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight)]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._stacked is None or self._stacked[0] != key:
+        try:
+            key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        except RuntimeError:  # weights made under inference_mode have no version counter: rebuild each call
+            key = None
+        if key is None or self._stacked is None or self._stacked[0] != key:
             stacks = tuple(torch.stack([getattr(e, name).weight.detach() for e in self.skill_experts])
                            for name in ("gate_proj", "up_proj", "down_proj"))
             self._stacked = (key, stacks)

@@ -127,7 +127,8 @@ class DrivePolicy:
         self.graph_vision = bool(graph_vision)
         self._stage_graphs: dict[tuple, CapturedGraph] = {}
         self.reuse_previous_front = bool(reuse_previous_front)
-        self._last_front: tuple[np.ndarray, torch.Tensor] | None = None  # (CAM_FRONT pixels, its tokens [1, P, W])
+        # (CAM_FRONT pixels, its tokens [1, P, W], the vision weights' versions then)
+        self._last_front: tuple[np.ndarray, torch.Tensor, tuple[int, ...] | None] | None = None
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
@@ -194,18 +195,36 @@ class DrivePolicy:
                 rows.append(torch.randn(shape, dtype=torch.float32))
         return torch.stack(rows).to(self.device)
 
+    def _vision_weights_version(self) -> tuple[int, ...] | None:
+        """Changes whenever a vision-tower or projector weight is updated in place (training, loads);
+        None for weights made under inference_mode (no version counter), which then disables reuse."""
+        model = self.model
+        try:
+            return tuple(p._version for m in (model.vision_tower, model.multi_modal_projector) for p in m.parameters())
+        except RuntimeError:
+            return None
+
+    def _reusable_front(self, prepared: list[dict[str, PreparedImage]]) -> torch.Tensor | None:
+        """Tokens [1, P, W] of the previous call's CAM_FRONT when it is this call's CAM_FRONT_PREVIOUS."""
+        last = self._last_front
+        if (self.reuse_previous_front and last is not None and len(prepared) == 1
+                and prepared[0][FRONT_PREVIOUS].chw is last[0] and last[2] is not None
+                and last[2] == self._vision_weights_version()):
+            return last[1]
+        return None
+
+    def _remember_front(self, prepared: list[dict[str, PreparedImage]], tokens: torch.Tensor) -> None:
+        if self.reuse_previous_front and len(prepared) == 1:
+            self._last_front = (prepared[0][FRONT].chw, tokens[:, 0].clone(), self._vision_weights_version())
+
     def _encode_fronts(self, front_pixels: torch.Tensor, prepared: list[dict[str, PreparedImage]]) -> torch.Tensor:
         """[B, 2, P, W] tokens of CAM_FRONT and CAM_FRONT_PREVIOUS (the latter reused when possible)."""
-        last = self._last_front
-        reuse = (self.reuse_previous_front and last is not None and len(prepared) == 1
-                 and prepared[0][FRONT_PREVIOUS].chw is last[0])
-        if reuse:
-            current = self.model.encode_images(front_pixels[:, :1])
-            tokens = torch.cat([current, last[1].unsqueeze(1)], dim=1)
+        previous = self._reusable_front(prepared)
+        if previous is not None:
+            tokens = torch.cat([self.model.encode_images(front_pixels[:, :1]), previous.unsqueeze(1)], dim=1)
         else:
             tokens = self.model.encode_images(front_pixels)
-        if self.reuse_previous_front and len(prepared) == 1:
-            self._last_front = (prepared[0][FRONT].chw, tokens[:, 0].clone())
+        self._remember_front(prepared, tokens)
         return tokens
 
     # ---- the whole step --------------------------------------------------------------------------
@@ -299,9 +318,8 @@ class DrivePolicy:
         preprocess / denoise."""
         model = self.model
         batch = len(observations)
-        last = self._last_front
-        reuse = (self.reuse_previous_front and last is not None and batch == 1
-                 and prepared[0][FRONT_PREVIOUS].chw is last[0])
+        previous = self._reusable_front(prepared)
+        reuse = previous is not None
         routed = model.camera_router is not None
 
         def fronts_and_router(pixels, goal_in, *previous):
@@ -314,7 +332,7 @@ class DrivePolicy:
             return tokens, logits, model.select_views(logits)
 
         clock = time.perf_counter()
-        inputs = [front_pixels[:, :1], goal, last[1]] if reuse else [front_pixels, goal]
+        inputs = [front_pixels[:, :1], goal, previous] if reuse else [front_pixels, goal]
         first = self._stage(("fronts", batch, reuse), fronts_and_router, inputs)
         front_tokens = first[0]
         camera_logits = selected = None
@@ -322,8 +340,7 @@ class DrivePolicy:
             camera_logits, selected = first[1], first[2].cpu()  # the one device -> host read
         self._sync()
         timings["vision"] += time.perf_counter() - clock
-        if self.reuse_previous_front and batch == 1:
-            self._last_front = (prepared[0][FRONT].chw, front_tokens[:, 0].clone())
+        self._remember_front(prepared, front_tokens)
 
         stage_inputs = [front_tokens, self._input_ids.expand(batch, -1), self._attention_mask.expand(batch, -1), proprio, noise]
         if routed:

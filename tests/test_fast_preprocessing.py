@@ -115,6 +115,8 @@ def test_device_preprocessing_is_within_one_grey_level_of_the_exact_path(drivemo
         preparer.prepare(np.zeros((9, 16), dtype=np.uint8), 8, 20, "CAM_BACK")
     with pytest.raises(AgentConfigError, match="gpu_preprocessing"):
         agent_config_from_dict({"checkpoint": "x", "device": "cpu", "gpu_preprocessing": True})
+    with pytest.raises(AgentConfigError, match="jpeg_decode_scale"):
+        agent_config_from_dict({"checkpoint": "x", "device": "cuda", "gpu_preprocessing": True, "jpeg_decode_scale": 2})
 
 
 def test_the_codec_assumptions_hold_here_and_a_failing_check_stays_exact(monkeypatch, drivemoe_reference):

@@ -119,3 +119,16 @@ def test_cuda_graphed_vision_stages_equal_eager() -> None:
         for got, expected in pairs:
             np.testing.assert_allclose(got.normalized_actions, expected.normalized_actions, atol=1e-4, rtol=1e-4)
             assert got.selected_cameras == expected.selected_cameras
+
+
+def test_reused_front_tokens_are_dropped_when_the_vision_weights_change() -> None:
+    model = _tiny_model("tiny-drivemoe")
+    policy = DrivePolicy(model, prompt_token_ids=PROMPT)
+    first = _prepared(0, policy.image_size)
+    policy.predict(Observation(images=first, ego_history=_history(), jpeg_quality=None, seed=0))
+    second = _prepared(1, policy.image_size)
+    second[FRONT_PREVIOUS] = first[FRONT]
+    assert policy._reusable_front([second]) is not None
+    with torch.no_grad():
+        model.multi_modal_projector.linear.weight.mul_(1.5)  # e.g. a training step between two evaluations
+    assert policy._reusable_front([second]) is None

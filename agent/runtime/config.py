@@ -170,6 +170,8 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
             raise AgentConfigError(f"{source}: field {name!r} must be >= 1, got {value}")
     if config.gpu_preprocessing and not str(config.device).startswith("cuda"):
         raise AgentConfigError(f"{source}: field 'gpu_preprocessing' needs a CUDA device, got device {config.device!r}")
+    if config.gpu_preprocessing and config.jpeg_decode_scale != 1:
+        raise AgentConfigError(f"{source}: fields 'gpu_preprocessing' and 'jpeg_decode_scale' {config.jpeg_decode_scale} exclude each other")
     if config.jpeg_decode_scale not in (1, 2):
         raise AgentConfigError(f"{source}: field 'jpeg_decode_scale' must be 1 or 2, got {config.jpeg_decode_scale}")
     if config.jpeg_quality is not None and not 1 <= config.jpeg_quality <= 100:

@@ -128,3 +128,46 @@ def test_the_codec_assumptions_hold_here_and_a_failing_check_stays_exact(monkeyp
     monkeypatch.setattr(ip, "codecs_agree", lambda: (False, False))  # another libjpeg: OpenCV decode, whole frame
     with FramePreparer(2) as preparer:
         assert np.array_equal(preparer.prepare(frame, 224, 20, FRONT).chw, exact)
+
+
+def test_agent_stack_images_do_not_depend_on_prepare_threads():
+    """The whole agent path (BGRA sensor frames -> lazy images -> policy) gives the same bytes for
+    prepare_threads 1 and 2 and the same bytes as the previous exact function."""
+    import math
+    from types import SimpleNamespace
+
+    from agent.runtime.localization import GeoReference, world_to_gps
+    from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
+    from agent.runtime.stack import AgentStack
+    from model.cameras import FRONT_PREVIOUS
+
+    class Reader:
+        def __init__(self) -> None:
+            self.seen = []
+
+        def predict(self, observation):
+            images = observation["images"]
+            self.seen.append([images[c].chw.copy() for c in (FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES[1])])
+            return SimpleNamespace(waypoints=np.stack([np.arange(10) * 0.5, np.zeros(10)], axis=1), camera_probs=None,
+                                   action_router_logits=None, timings_ms={})
+
+    rng = np.random.default_rng(4)
+    frames = [{c: rng.integers(0, 256, (450, 800, 4), dtype=np.uint8) for c in (FRONT, ROUTER_CANDIDATES[1])} for _ in range(3)]
+    ref = GeoReference()
+    seen = {}
+    for threads in (1, 2):
+        policy = Reader()
+        config = agent_config_from_dict({"checkpoint": "x", "prepare_threads": threads})
+        stack = AgentStack(config, policy, np.stack([np.arange(300.0), np.zeros(300)], axis=1), ref, image_size=224,
+                           observation_factory=dict)
+        for tick in range(6):
+            gnss = world_to_gps(np.array([0.25 * tick, 0.0]), ref)
+            data = {c: (tick, f) for c, f in frames[tick // 2].items()}
+            data.update({GNSS_ID: (tick, np.array([gnss[0], gnss[1], 0.0])), SPEED_ID: (tick, {"speed": 1.0}),
+                         IMU_ID: (tick, np.array([0, 0, 9.8, 0, 0, 0, math.pi / 2]))})
+            stack.tick(data, tick * 0.05)
+        seen[threads] = policy.seen
+    assert len(seen[1]) == 3
+    for one, two, tick_frames in zip(seen[1], seen[2], frames):
+        assert all(np.array_equal(a, b) for a, b in zip(one, two))
+        assert np.array_equal(one[0], prepare_sensor_frame(tick_frames[FRONT], 224, 20, FRONT).chw)

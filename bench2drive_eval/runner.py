@@ -17,7 +17,7 @@ from bench2drive_eval.run_config import (
 from bench2drive_eval.run_state import (
     FolderLock, RunBusyError, RunLayout, RunState, file_sha256, load_run_state, new_run_state, save_run_state,
 )
-from bench2drive_eval.local_driving import COMPLETE, FAILED, STOPPED, drive_locally, log_line
+from bench2drive_eval.local_driving import COMPLETE, STOPPED, drive_locally, log_line
 from bench2drive_eval.slurm import SlurmError, check_slurm_tools, drive_slurm, run_array_task
 from bench2drive_eval.splitting import RouteSelectionError, read_route_file, select_subset, write_splits
 from bench2drive_eval.status import summarize

@@ -24,8 +24,12 @@ class GemmaMLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, **kw)
         self.up_proj = nn.Linear(hidden, intermediate, **kw)
         self.down_proj = nn.Linear(intermediate, hidden, **kw)
+        self.gate_up: torch.Tensor | None = None  # [2I, W] view set by model.fusion.fuse_projections
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None and not torch.is_grad_enabled():
+            gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
+            return self.down_proj(F.gelu(gate, approximate="tanh") * up)
         return self.down_proj(F.gelu(self.gate_proj(h), approximate="tanh") * self.up_proj(h))
 
 
@@ -79,13 +83,20 @@ class MoEMLP(nn.Module):
         self.shared_experts = nn.ModuleList(GemmaMLP(hidden, intermediate, device, dtype) for _ in range(num_shared))
         self.skill_experts = nn.ModuleList(GemmaMLP(hidden, intermediate, device, dtype) for _ in range(num_experts))
         self._stacked: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        # [E, 2I, W] gate|up and [E, W, I] down, the experts' own storage once fused (model.fusion)
+        self.expert_gate_up: torch.Tensor | None = None
+        self.expert_down: torch.Tensor | None = None
+        self.grouped_gemm = False  # fused inference: the chosen experts as one grouped GEMM (torch._grouped_mm)
 
     @torch.compiler.disable
     def _stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[E, I, W] gate/up and [E, W, I] down weights, rebuilt whenever a weight changed (load, step)."""
         params = [p for e in self.skill_experts for p in (e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight)]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._stacked is None or self._stacked[0] != key:
+        try:
+            key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        except RuntimeError:  # weights made under inference_mode have no version counter: rebuild each call
+            key = None
+        if key is None or self._stacked is None or self._stacked[0] != key:
             stacks = tuple(torch.stack([getattr(e, name).weight.detach() for e in self.skill_experts])
                            for name in ("gate_proj", "up_proj", "down_proj"))
             self._stacked = (key, stacks)
@@ -95,6 +106,8 @@ class MoEMLP(nn.Module):
         b, k = routing.topk_idx.shape
         if torch.is_grad_enabled() or b * k >= len(self.skill_experts):
             out = self._dense(h, routing)
+        elif self.expert_gate_up is not None and self.grouped_gemm and h.dtype == torch.bfloat16:  # _grouped_mm: bf16 only
+            out = self._grouped(h, routing)
         else:
             out = self._gathered(h, routing)
         for expert in self.shared_experts:
@@ -112,15 +125,50 @@ class MoEMLP(nn.Module):
     def _gathered(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Only the chosen experts, via weights gathered per sample (inference with B*k < E): fewer
         kernels and weight reads. Summed in ascending expert index like the dense path."""
-        gate, up, down = self._stacked_weights()
         order = routing.topk_idx.argsort(dim=-1)
         idx = routing.topk_idx.gather(-1, order)
         weights = routing.topk_weights.gather(-1, order).to(h.dtype)
         hk = h.unsqueeze(1)  # [B, 1, T, W]
-        act = F.gelu(hk @ gate[idx].transpose(-1, -2), approximate="tanh") * (hk @ up[idx].transpose(-1, -2))
-        per_expert = act @ down[idx].transpose(-1, -2)  # [B, k, T, W]
+        if self.expert_gate_up is not None:  # fused: one gather + GEMM for gate and up
+            gate, up = (hk @ self.expert_gate_up[idx].transpose(-1, -2)).chunk(2, dim=-1)
+            act = F.gelu(gate, approximate="tanh") * up
+            per_expert = act @ self.expert_down[idx].transpose(-1, -2)
+        else:
+            gate, up, down = self._stacked_weights()
+            act = F.gelu(hk @ gate[idx].transpose(-1, -2), approximate="tanh") * (hk @ up[idx].transpose(-1, -2))
+            per_expert = act @ down[idx].transpose(-1, -2)  # [B, k, T, W]
         out = torch.zeros_like(h)
         for j in range(idx.shape[1]):
+            out = out + per_expert[:, j] * weights[:, j, None, None]
+        return out
+
+
+    def _grouped(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """The chosen experts' FFNs as two grouped GEMMs over the stacked weights (no weight gather):
+        the B*k (sample, expert) token blocks are ordered by expert and the GEMM of an expert with no
+        tokens is empty. Shapes are static and the group offsets stay on the device (graph safe).
+        Summed in ascending expert index like the other paths."""
+        b, t, w = h.shape
+        k = routing.topk_idx.shape[1]
+        num_experts = self.expert_gate_up.shape[0]
+        order = routing.topk_idx.argsort(dim=-1)
+        idx = routing.topk_idx.gather(-1, order)  # [B, k] ascending per sample
+        weights = routing.topk_weights.gather(-1, order).to(h.dtype)
+        flat = idx.reshape(-1)
+        by_expert = flat.argsort(stable=True)  # block j of the GEMM input is (sample, slot) by_expert[j]
+        blocks = h.unsqueeze(1).expand(b, k, t, w).reshape(b * k, t, w)[by_expert].reshape(b * k * t, w)
+        experts = torch.arange(num_experts, device=flat.device)
+        counts = (flat.unsqueeze(1) == experts).sum(0) * t  # not bincount: it reads its size on the host
+        offsets = counts.cumsum(0).to(torch.int32)
+        gate_up = torch._grouped_mm(blocks, self.expert_gate_up.transpose(-1, -2), offs=offsets)
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = (F.gelu(gate, approximate="tanh") * up).contiguous()
+        rows = torch._grouped_mm(act, self.expert_down.transpose(-1, -2), offs=offsets)  # [B*k*T, W]
+        per_expert = torch.empty_like(rows).view(b * k, t, w)
+        per_expert[by_expert] = rows.view(b * k, t, w)
+        per_expert = per_expert.view(b, k, t, w)
+        out = torch.zeros_like(h)
+        for j in range(k):
             out = out + per_expert[:, j] * weights[:, j, None, None]
         return out
 

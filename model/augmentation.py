@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from model.image_preprocessing import PreparedImage
 
 F32 = np.float32
 _TO_FLOAT = F32(1.0 / 255.0)  # convert_image_dtype multiplies by the rounded constant, it does not divide

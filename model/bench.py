@@ -2,11 +2,14 @@
 
     drivemoe bench [--preset drivemoe-base drivepi0-base | tiny-drivemoe ...] [--device cuda|cpu]
                    [--dtypes float32 bfloat16] [--iters N] [--warmup N] [--all-views] [--batch B]
-                   [--raw-frames] [--json FILE]
+                   [--raw-frames] [--paths eager agent fast] [--grouped-experts] [--compile] [--attention flex] [--graph-vision]
+                   [--fp32-reference] [--json FILE]
 
 Models are built on the target device directly (meta-device construction, `to_empty`, then a cheap
 in-place random init), so the 3.9B-parameter models never touch host memory. Each configuration
-(preset x dtype x view mode) is timed through `DrivePolicy.predict_batch`, whose per-stage timings
+(preset x dtype x view mode) is timed through `DrivePolicy.predict_batch` along each --paths entry
+(eager, the agent's fused + graphed path, the fast path), on one model, each checked against the
+first path (max |actions difference|, identical routing) and optionally against fp32 of the same weights; whose per-stage timings
 synchronise the GPU; with `--all-views` DriveMoE is also timed encoding all 7 images in one vision
 call (what a non-lazy implementation does) instead of 2 + the selected one. A configuration that
 fails (out of memory, ...) is reported in the table and the others still run. Not a test: it prints
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.cameras import MODEL_IMAGE_ORDER
+from model.cameras import FRONT, FRONT_PREVIOUS, MODEL_IMAGE_ORDER
 from model.checkpoints import build_model, parse_dtype
 from model.config import ModelConfig
 from model.drivemoe import DriveMoE
@@ -54,6 +57,18 @@ class BenchConfig:
     raw_frames: bool = False  # time the JPEG round trip + resize of 1600x900 frames as well
     cuda_graphs: bool = True  # as the agent runs: prefix + denoising replayed as one CUDA graph (CUDA only)
     seed: int = 0
+    paths: tuple[str, ...] = ("agent",)  # see PATHS; every path of a configuration shares one model
+    grouped_experts: bool = False  # fast path: chosen experts as grouped GEMMs (torch._grouped_mm)
+    compile: bool = False  # fast path: torch.compile the joint transformer and the vision tower
+    attention: str = "eager"  # fast path: joint attention kernel, "eager" or "flex" (FlexAttention)
+    graph_vision: bool = False  # fast path: vision + router and views + prefix + denoising as two CUDA graphs
+    fp32_reference: bool = False  # reduced-precision configurations: also compare with fp32 of the same weights
+
+
+# eager: separate projections, no CUDA graph; agent: what the agent runs (fused at load, CUDA graph when
+# cuda_graphs; previous front's tokens reused); fast: agent + grouped experts / FlexAttention /
+# vision graphs / torch.compile as configured.
+PATHS = ("eager", "agent", "fast")
 
 
 @dataclass
@@ -61,6 +76,7 @@ class BenchResult:
     preset: str
     dtype: str
     views: str  # "lazy (2+K)" or "all 7"
+    path: str = "agent"
     status: str = "ok"
     error: str = ""
     parameters: int = 0
@@ -69,6 +85,11 @@ class BenchResult:
     median_ms: dict[str, float] = field(default_factory=dict)
     p90_ms: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
+    # agreement of this path's seeded prediction with the first path of the configuration / with fp32
+    max_abs_diff_vs_first: float | None = None
+    routing_equal_vs_first: bool | None = None
+    max_abs_diff_vs_fp32: float | None = None
+    routing_equal_vs_fp32: bool | None = None
 
 
 def init_random_weights(model: nn.Module, seed: int) -> None:
@@ -110,6 +131,8 @@ def synthetic_observations(config: ModelConfig, batch: int, raw_frames: bool, se
             images: dict = {c: rng.integers(0, 256, (900, 1600, 3), dtype=np.uint8) for c in MODEL_IMAGE_ORDER}
         else:
             images = {c: PreparedImage(rng.integers(0, 256, (3, size, size), dtype=np.uint8), c) for c in MODEL_IMAGE_ORDER}
+        if not raw_frames:
+            images[FRONT_PREVIOUS] = images[FRONT]  # as the agent passes the last front (reusable tokens)
         observations.append(Observation(images=images, ego_history=history, jpeg_quality=20 if raw_frames else None, seed=i))
     return observations
 
@@ -171,56 +194,128 @@ def _fake_prompt(config: ModelConfig) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def run_configuration(preset: str, dtype_name: str, all_views: bool, cfg: BenchConfig) -> BenchResult:
-    result = BenchResult(preset=preset, dtype=dtype_name, views="all 7" if all_views else "lazy (2+K)")
+def _routing(prediction) -> tuple:
+    experts = None if prediction.action_router_experts is None else prediction.action_router_experts.tolist()
+    return tuple(prediction.selected_cameras), experts
+
+
+def _agreement(prediction, reference) -> tuple[float, bool]:
+    diff = float(np.max(np.abs(prediction.normalized_actions - reference.normalized_actions)))
+    return diff, _routing(prediction) == _routing(reference)
+
+
+def _prepare_path(model: DriveMoE, path: str, cfg: BenchConfig) -> None:
+    """Put the (shared) model into the state `path` runs in; paths run in PATHS order."""
+    from model.fusion import fuse_projections, set_grouped_experts
+
+    if path in ("agent", "fast"):
+        fuse_projections(model)  # what DrivePolicy.from_pretrained does
+    if path == "fast":
+        set_grouped_experts(model, cfg.grouped_experts)
+        model.joint_model.attention_kernel = cfg.attention
+        if cfg.compile:
+            model.compile_for_inference()
+
+
+def _run_path(model: DriveMoE, config: ModelConfig, path: str, all_views: bool, cfg: BenchConfig,
+              observations: list[Observation], result: BenchResult):
     cuda = cfg.device.startswith("cuda")
-    model = policy = None
+    _prepare_path(model, path, cfg)
+    if cuda:
+        torch.cuda.synchronize(cfg.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(cfg.device)
+    graphs = cfg.cuda_graphs and path != "eager"
+    # agent and fast reuse the previous front's tokens as the agent does (the synthetic CAM_FRONT_PREVIOUS
+    # is the CAM_FRONT image object), eager encodes both fronts
+    policy = DrivePolicy(model, config, prompt_token_ids=_fake_prompt(config), cuda_graphs=graphs,
+                         reuse_previous_front=path != "eager", graph_vision=cfg.graph_vision and path == "fast")
+    if all_views:
+        step = lambda: _all_views_step(policy, observations)  # noqa: E731
+    else:
+        step = lambda: policy.predict_batch(observations)[0].timings_ms  # noqa: E731
+    result.median_ms, result.p90_ms = _time(step, cfg.iters, cfg.warmup)
+    if cuda:
+        result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(cfg.device))
+    return None if all_views else policy.predict_batch(observations)[0]
+
+
+def run_configuration(preset: str, dtype_name: str, all_views: bool, cfg: BenchConfig) -> list[BenchResult]:
+    """One model per (preset, dtype, views), timed through each of cfg.paths in order."""
+    paths = ("eager",) if all_views else tuple(p for p in PATHS if p in cfg.paths)
+    results = [BenchResult(preset=preset, dtype=dtype_name, views="all 7" if all_views else "lazy (2+K)", path=p) for p in paths]
+    cuda = cfg.device.startswith("cuda")
+    model = None
+    current = results[0]
     try:
         config = ModelConfig.preset(preset)
         if all_views and not config.use_camera_router:
             raise ValueError("--all-views applies to DriveMoE presets only")
         if cuda:
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(cfg.device)
+        dtype = parse_dtype(dtype_name)
+        want_fp32 = cfg.fp32_reference and dtype != torch.float32 and not all_views
         clock = time.perf_counter()
-        model = build_random_model(config, cfg.device, parse_dtype(dtype_name), cfg.seed)
+        model = build_random_model(config, cfg.device, torch.float32 if want_fp32 else dtype, cfg.seed)
         if cuda:
             torch.cuda.synchronize(cfg.device)
-        result.build_s = time.perf_counter() - clock
-        result.parameters = sum(p.numel() for p in model.parameters())
-        result.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        policy = DrivePolicy(model, config, prompt_token_ids=_fake_prompt(config), cuda_graphs=cfg.cuda_graphs)
+        build_s = time.perf_counter() - clock
         observations = synthetic_observations(config, cfg.batch, cfg.raw_frames and not all_views, cfg.seed)
-        if all_views:
-            step = lambda: _all_views_step(policy, observations)  # noqa: E731
-        else:
-            step = lambda: policy.predict_batch(observations)[0].timings_ms  # noqa: E731
-        result.median_ms, result.p90_ms = _time(step, cfg.iters, cfg.warmup)
-        if cuda:
-            result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(cfg.device))
+        fp32_prediction = None
+        if want_fp32:  # the same random weights in fp32, eager: the precision reference
+            with torch.inference_mode():
+                fp32_prediction = DrivePolicy(model, config, prompt_token_ids=_fake_prompt(config)).predict_batch(observations)[0]
+            model = model.to(dtype)
+        first = None
+        for result in results:
+            current = result
+            result.build_s = build_s
+            result.parameters = sum(p.numel() for p in model.parameters())
+            result.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            prediction = _run_path(model, config, result.path, all_views, cfg, observations, result)
+            if prediction is None:
+                continue
+            if first is None:
+                first = prediction
+            result.max_abs_diff_vs_first, result.routing_equal_vs_first = _agreement(prediction, first)
+            if fp32_prediction is not None:
+                result.max_abs_diff_vs_fp32, result.routing_equal_vs_fp32 = _agreement(prediction, fp32_prediction)
     except Exception as error:  # one failing configuration must not stop the others
-        result.status = "failed"
-        result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        failed = False
+        for result in results:
+            if result is current or failed:
+                failed = True
+                result.status = "failed"
+                result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         traceback.print_exc()
     finally:
-        del model, policy
+        del model
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    return result
+    return results
 
 
 def format_table(results: list[BenchResult]) -> str:
-    header = f"{'preset':<15} {'dtype':<9} {'views':<11} " + " ".join(f"{s:>17}" for s in STAGES) + f" {'peak GiB':>9} {'weights GiB':>11}"
-    lines = [header, " " * 37 + " ".join(f"{'median / p90 ms':>17}" for _ in STAGES), "-" * len(header)]
+    header = (f"{'preset':<15} {'dtype':<9} {'views':<11} {'path':<6} " + " ".join(f"{s:>17}" for s in STAGES)
+              + f" {'peak GiB':>9} {'weights GiB':>11} {'|d| 1st':>8} {'route=':>6} {'|d| fp32':>8} {'route=':>6}")
+    lines = [header, " " * 44 + " ".join(f"{'median / p90 ms':>17}" for _ in STAGES), "-" * len(header)]
+
+    def cell(value, width: int) -> str:
+        if value is None:
+            return f"{'-':>{width}}"
+        return f"{str(value):>{width}}" if isinstance(value, bool) else f"{value:>{width}.1e}"
+
     for r in results:
-        row = f"{r.preset:<15} {r.dtype:<9} {r.views:<11} "
+        row = f"{r.preset:<15} {r.dtype:<9} {r.views:<11} {r.path:<6} "
         if r.status != "ok":
             lines.append(row + f"FAILED: {r.error}")
             continue
         row += " ".join(f"{r.median_ms[s]:>8.2f} /{r.p90_ms[s]:>7.2f}" for s in STAGES)
         peak = f"{r.peak_memory_bytes / 2**30:>9.2f}" if r.peak_memory_bytes is not None else f"{'n/a':>9}"
-        lines.append(row + f" {peak} {r.weight_bytes / 2**30:>11.3f}")
+        agreement = " ".join(cell(v, w) for v, w in ((r.max_abs_diff_vs_first, 8), (r.routing_equal_vs_first, 6),
+                                                       (r.max_abs_diff_vs_fp32, 8), (r.routing_equal_vs_fp32, 6)))
+        lines.append(row + f" {peak} {r.weight_bytes / 2**30:>11.3f} {agreement}")
     return "\n".join(lines)
 
 
@@ -241,7 +336,7 @@ def run_bench(cfg: BenchConfig) -> list[BenchResult]:
                 jobs.append((preset, dtype_name, True))
     results = []
     for preset, dtype_name, all_views in tqdm(jobs, desc="bench configurations"):
-        results.append(run_configuration(preset, dtype_name, all_views, cfg))
+        results.extend(run_configuration(preset, dtype_name, all_views, cfg))
     return results
 
 
@@ -256,6 +351,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="observations per forward pass")
     parser.add_argument("--raw-frames", action="store_true", help="feed raw 1600x900 frames (JPEG q20 + resize timed)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="time the un-graphed eager path on CUDA")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=None,
+                        help="eager (separate projections, no graph), agent (fused at load + CUDA graph), fast (agent + "
+                             "--grouped-experts / --compile); one model per configuration, timed in this order and "
+                             "checked against the first (default: all three on CUDA, eager agent on CPU)")
+    parser.add_argument("--grouped-experts", action="store_true", help="fast path: chosen experts as grouped GEMMs")
+    parser.add_argument("--compile", action="store_true", help="fast path: torch.compile (minutes at paper scale)")
+    parser.add_argument("--graph-vision", action="store_true", help="fast path: vision + router inside CUDA graphs too")
+    parser.add_argument("--attention", choices=["eager", "flex"], default="eager", help="fast path: joint attention kernel")
+    parser.add_argument("--fp32-reference", action="store_true",
+                        help="bfloat16 configurations: also run the same random weights in fp32 and report the difference")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
     parser.add_argument("--json", help="also write the results to this JSON file")
 
@@ -273,7 +378,9 @@ def main(args: argparse.Namespace) -> int:
         ModelConfig.preset(preset)  # unknown names fail before anything is built
     cfg = BenchConfig(presets=presets, device=device, dtypes=tuple(args.dtypes), iters=args.iters, warmup=args.warmup,
                       all_views=args.all_views, batch=args.batch, raw_frames=args.raw_frames,
-                      cuda_graphs=not args.no_cuda_graphs)
+                      cuda_graphs=not args.no_cuda_graphs,
+                      paths=tuple(args.paths) if args.paths else (PATHS if device.startswith("cuda") else ("eager", "agent")),
+                      grouped_experts=args.grouped_experts, compile=args.compile, attention=args.attention, graph_vision=args.graph_vision, fp32_reference=args.fp32_reference)
     results = run_bench(cfg)
     env = environment(device)
     print(f"\ndrivemoe bench: {env}; batch {cfg.batch}; {cfg.iters} iterations after {cfg.warmup} warm-up")

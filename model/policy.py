@@ -21,6 +21,8 @@ from model.config import ModelConfig
 from model.drivemoe import DriveMoE, GraphedPrefixAndDenoise
 from model.ego_state import EgoStateHistory
 from model.errors import CheckpointError, ObservationError
+from model.fusion import fuse_projections
+from model.graphs import CapturedGraph
 from model.image_preprocessing import (
     PreparedImage,
     prepare_camera_image,
@@ -95,9 +97,15 @@ class DrivePolicy:
     """Inference wrapper around a DriveMoE / Drive-pi0 network (see docs/policy-api.md)."""
 
     def __init__(self, model: DriveMoE, config: ModelConfig | None = None, prompt_token_ids: Sequence[int] | None = None,
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, reuse_previous_front: bool = True, graph_vision: bool = False) -> None:
         """`cuda_graphs`: on a CUDA device, run prefix + denoising as one captured CUDA graph per batch
-        size (one launch instead of thousands; replay is exact). Ignored on other devices."""
+        size (one launch instead of thousands; replay is exact). Ignored on other devices.
+        `reuse_previous_front`: batch 1, when CAM_FRONT_PREVIOUS is the very image (same PreparedImage
+        pixels object) that was CAM_FRONT of the previous call, as the agent passes it when augmentation
+        is off, its vision tokens from that call are reused: one image through the tower instead of two.
+        `graph_vision` (with `cuda_graphs`, CUDA only): two graphs per batch size instead of one, fronts +
+        camera router, then the routed views + prefix + denoising, so the vision tower replays too; the
+        host reads only the chosen camera ids in between (the lazy image read needs them)."""
         config = model.config if config is None else config
         if prompt_token_ids is not None:
             config = replace(config, sequence=replace(config.sequence, prompt_token_ids=tuple(int(i) for i in prompt_token_ids)))
@@ -116,14 +124,23 @@ class DrivePolicy:
         self._attention_mask = torch.from_numpy(attention_mask).to(model.device)
         self.cuda_graphs = bool(cuda_graphs) and model.device.type == "cuda"
         self._graphs: dict[int, GraphedPrefixAndDenoise] = {}
+        self.graph_vision = bool(graph_vision)
+        self._stage_graphs: dict[tuple, CapturedGraph] = {}
+        self.reuse_previous_front = bool(reuse_previous_front)
+        # (CAM_FRONT pixels, its tokens [1, P, W], the vision weights' versions then)
+        self._last_front: tuple[np.ndarray, torch.Tensor, tuple[int, ...] | None] | None = None
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu",
-                        dtype: str | torch.dtype | None = None, cuda_graphs: bool = False) -> "DrivePolicy":
-        """Load a converted folder (model.safetensors + config.json); dtype None keeps the stored one."""
+                        dtype: str | torch.dtype | None = None, cuda_graphs: bool = False,
+                        fused_projections: bool = True) -> "DrivePolicy":
+        """Load a converted folder (model.safetensors + config.json); dtype None keeps the stored one.
+        `fused_projections`: fuse Q/K/V and gate/up once here (model/fusion.py; same weights, no copy)."""
         from model.checkpoints import load_pretrained
 
         model, config = load_pretrained(model_dir, device=device, dtype=dtype)
+        if fused_projections:
+            fuse_projections(model)
         return cls(model, config, cuda_graphs=cuda_graphs)
 
     @property
@@ -178,6 +195,38 @@ class DrivePolicy:
                 rows.append(torch.randn(shape, dtype=torch.float32))
         return torch.stack(rows).to(self.device)
 
+    def _vision_weights_version(self) -> tuple[int, ...] | None:
+        """Changes whenever a vision-tower or projector weight is updated in place (training, loads);
+        None for weights made under inference_mode (no version counter), which then disables reuse."""
+        model = self.model
+        try:
+            return tuple(p._version for m in (model.vision_tower, model.multi_modal_projector) for p in m.parameters())
+        except (RuntimeError, AttributeError):  # AttributeError: a network without these parts (test doubles)
+            return None
+
+    def _reusable_front(self, prepared: list[dict[str, PreparedImage]]) -> torch.Tensor | None:
+        """Tokens [1, P, W] of the previous call's CAM_FRONT when it is this call's CAM_FRONT_PREVIOUS."""
+        last = self._last_front
+        if (self.reuse_previous_front and last is not None and len(prepared) == 1
+                and prepared[0][FRONT_PREVIOUS].chw is last[0] and last[2] is not None
+                and last[2] == self._vision_weights_version()):
+            return last[1]
+        return None
+
+    def _remember_front(self, prepared: list[dict[str, PreparedImage]], tokens: torch.Tensor) -> None:
+        if self.reuse_previous_front and len(prepared) == 1:
+            self._last_front = (prepared[0][FRONT].chw, tokens[:, 0].clone(), self._vision_weights_version())
+
+    def _encode_fronts(self, front_pixels: torch.Tensor, prepared: list[dict[str, PreparedImage]]) -> torch.Tensor:
+        """[B, 2, P, W] tokens of CAM_FRONT and CAM_FRONT_PREVIOUS (the latter reused when possible)."""
+        previous = self._reusable_front(prepared)
+        if previous is not None:
+            tokens = torch.cat([self.model.encode_images(front_pixels[:, :1]), previous.unsqueeze(1)], dim=1)
+        else:
+            tokens = self.model.encode_images(front_pixels)
+        self._remember_front(prepared, tokens)
+        return tokens
+
     # ---- the whole step --------------------------------------------------------------------------
     @torch.inference_mode()
     def predict_batch(self, observations: Sequence[Observation]) -> list[Prediction]:
@@ -205,8 +254,12 @@ class DrivePolicy:
         front_pixels = to_pixel_values(torch.from_numpy(fronts)).to(device)
         timings["preprocess"] += time.perf_counter() - clock
 
+        if self.cuda_graphs and self.graph_vision:
+            out, camera_logits, selected = self._graphed_stages(observations, prepared, front_pixels, goal, proprio, noise, timings)
+            return self._predictions(out, camera_logits, selected, prepared, timings, start)
+
         clock = time.perf_counter()
-        front_tokens = model.encode_images(front_pixels)
+        front_tokens = self._encode_fronts(front_pixels, prepared)
         self._sync()
         timings["vision"] += time.perf_counter() - clock
 
@@ -252,7 +305,67 @@ class DrivePolicy:
             out = model.denoise(cache, noise=noise)
             self._sync()
             timings["denoise"] += time.perf_counter() - clock
+        return self._predictions(out, camera_logits, selected, prepared, timings, start)
 
+    def _stage(self, key: tuple, fn, inputs: Sequence[torch.Tensor]):
+        if key not in self._stage_graphs:
+            self._stage_graphs[key] = CapturedGraph(fn, inputs)
+        return self._stage_graphs[key](*inputs)
+
+    def _graphed_stages(self, observations, prepared, front_pixels, goal, proprio, noise, timings):
+        """Graph 1: fronts (+ reused previous front) and the camera router; the host reads the chosen
+        ids and prepares those views; graph 2: views + prefix + denoising. Timed as vision / router /
+        preprocess / denoise."""
+        model = self.model
+        batch = len(observations)
+        previous = self._reusable_front(prepared)
+        reuse = previous is not None
+        routed = model.camera_router is not None
+
+        def fronts_and_router(pixels, goal_in, *previous):
+            tokens = model.encode_images(pixels)
+            if previous:
+                tokens = torch.cat([tokens, previous[0].unsqueeze(1)], dim=1)
+            if not routed:
+                return (tokens,)
+            logits = model.route_cameras(tokens[:, 0], goal_in)
+            return tokens, logits, model.select_views(logits)
+
+        clock = time.perf_counter()
+        inputs = [front_pixels[:, :1], goal, previous] if reuse else [front_pixels, goal]
+        first = self._stage(("fronts", batch, reuse), fronts_and_router, inputs)
+        front_tokens = first[0]
+        camera_logits = selected = None
+        if routed:
+            camera_logits, selected = first[1], first[2].cpu()  # the one device -> host read
+        self._sync()
+        timings["vision"] += time.perf_counter() - clock
+        self._remember_front(prepared, front_tokens)
+
+        stage_inputs = [front_tokens, self._input_ids.expand(batch, -1), self._attention_mask.expand(batch, -1), proprio, noise]
+        if routed:
+            clock = time.perf_counter()
+            views = np.stack([
+                np.stack([self._prepare(obs, ROUTER_CANDIDATES[int(k)], prepared[i]) for k in selected[i]])
+                for i, obs in enumerate(observations)
+            ])
+            stage_inputs += [to_pixel_values(torch.from_numpy(views)).to(self.device), selected.to(self.device)]
+            timings["preprocess"] += time.perf_counter() - clock
+
+        def views_prefix_denoise(fronts, input_ids, attention_mask, proprio_in, noise_in, *view_inputs):
+            view_tokens = model.encode_views(*view_inputs) if view_inputs else None
+            cache = model.build_prefix_cache(input_ids, attention_mask, model.prefix_image_tokens(fronts, view_tokens), proprio_in)
+            return model.denoise(cache, noise=noise_in)
+
+        clock = time.perf_counter()
+        out = self._stage(("rest", batch), views_prefix_denoise, stage_inputs)
+        self._sync()
+        timings["denoise"] += time.perf_counter() - clock
+        return out, camera_logits, selected
+
+    def _predictions(self, out, camera_logits, selected, prepared, timings, start) -> list[Prediction]:
+        cfg = self.config
+        batch = len(prepared)
         actions = out["final_action"].float()
         waypoints = cfg.stats.denormalize_trajectory(actions).cpu().numpy()
         actions_np = actions.cpu().numpy()

@@ -47,6 +47,15 @@ class MixtureAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, j.num_kv_heads * j.head_dim, **kw)
         self.v_proj = nn.Linear(hidden, j.num_kv_heads * j.head_dim, **kw)
         self.o_proj = nn.Linear(j.num_heads * j.head_dim, hidden, **kw)
+        self.qkv: torch.Tensor | None = None  # [q; k; v] weight view set by model.fusion.fuse_projections
+        self._sizes = (j.num_heads * j.head_dim, j.num_kv_heads * j.head_dim, j.num_kv_heads * j.head_dim)
+
+    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) of `h`: one GEMM when fused and gradients are off, else three."""
+        if self.qkv is not None and not torch.is_grad_enabled():
+            q, k, v = F.linear(h, self.qkv).split(self._sizes, dim=-1)
+            return q, k, v
+        return self.q_proj(h), self.k_proj(h), self.v_proj(h)
 
 
 class MixtureLayer(nn.Module):
@@ -131,6 +140,35 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     return torch.matmul(probs.view(b, hkv, r * tq, -1), v).view(b, hq, tq, d)
 
 
+_COMPILED_FLEX = None
+
+
+def flex_grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Same contract as `grouped_attention`, through FlexAttention: the tanh soft-cap and the additive
+    mask are one score_mod, GQA without repeating K/V, scores and softmax in fp32 inside the kernel
+    (compiled on CUDA; the eager reference elsewhere). Equal to `grouped_attention` in fp32 within
+    rounding (tests/test_model_fusion.py); under bf16 it rounds less (fp32 scores)."""
+    global _COMPILED_FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+
+    additive = mask.to(torch.float32)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if softcap:
+            score = torch.tanh(score / softcap) * softcap
+        return score + additive[b, 0, q_idx, kv_idx]
+
+    kernel = flex_attention
+    if q.is_cuda:
+        if _COMPILED_FLEX is None:
+            _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+        kernel = _COMPILED_FLEX
+    return kernel(q, k, v, score_mod=score_mod, enable_gqa=k.shape[1] != q.shape[1])
+
+
+ATTENTION_KERNELS = {"eager": grouped_attention, "flex": flex_grouped_attention}
+
+
 @dataclass
 class KVCache:
     """Post-RoPE keys/values per layer: [num_layers, B, H_kv, S, head_dim] (preallocated)."""
@@ -172,6 +210,7 @@ class JointModel(nn.Module):
             ActionRouter(cfg.joint.action.hidden_size, cfg.action_moe.num_experts, device, dtype) if cfg.use_action_moe else None
         )
         self.tie_proprio_to_action()
+        self.attention_kernel = "eager"  # or "flex" (ATTENTION_KERNELS); not part of the state_dict
 
     def tie_proprio_to_action(self) -> None:
         """Share the proprio weights with the action weights, as the authors' training does.
@@ -230,10 +269,10 @@ class JointModel(nn.Module):
                 layer = self.mixtures[n].layers[layer_idx]
                 h = layer.input_layernorm(x[n])
                 t = h.shape[1]
-                attn = layer.self_attn
-                q = attn.q_proj(h).view(b, t, j.num_heads, j.head_dim).transpose(1, 2)
-                k = attn.k_proj(h).view(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
-                v = attn.v_proj(h).view(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
+                q, k, v = layer.self_attn.project(h)
+                q = q.reshape(b, t, j.num_heads, j.head_dim).transpose(1, 2)
+                k = k.reshape(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
+                v = v.reshape(b, t, j.num_kv_heads, j.head_dim).transpose(1, 2)
                 cos, sin = streams[n].cos, streams[n].sin
                 qs.append(apply_rope(q, cos, sin))
                 ks.append(apply_rope(k, cos, sin))
@@ -247,7 +286,7 @@ class JointModel(nn.Module):
                 cache.values[layer_idx, :, :, cache_offset:end] = v
                 k = cache.keys[layer_idx, :, :, :end]
                 v = cache.values[layer_idx, :, :, :end]
-            out = grouped_attention(q, k, v, mask, j.attn_softcap)
+            out = ATTENTION_KERNELS[self.attention_kernel](q, k, v, mask, j.attn_softcap)
             start = 0
             for n, t in zip(names, lengths):
                 o = out[:, :, start:start + t]

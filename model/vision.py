@@ -35,10 +35,16 @@ class SiglipAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, **kw)
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, **kw)
         self.out_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, **kw)
+        self.qkv: torch.Tensor | None = None  # [q; k; v] weight and bias views set by model.fusion
+        self.qkv_bias: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if self.qkv is not None and not torch.is_grad_enabled():
+            projected = F.linear(x, self.qkv, self.qkv_bias).chunk(3, dim=-1)
+        else:
+            projected = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q, k, v = (p.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2) for p in projected)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 

@@ -10,7 +10,6 @@ import pytest
 
 from agent.debugger.debug_video import VideoLayout, load_trace, render_frame
 from agent.debugger.drawing import overlapping
-from agent.debugger.routing_report import build_report
 from model.cli import main as drivemoe_main
 from model.skills import SKILL_NAMES
 from test_debug_video import write_synthetic_trace

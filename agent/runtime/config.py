@@ -109,6 +109,8 @@ class AgentConfig:
     seed: int = 0
     jpeg_quality: int | None = 20  # None: the frames are already dataset JPEGs (replay), no second round trip
     jpeg_decode_scale: int = 1  # 2: half-resolution JPEG decode, ~2.5x cheaper, not bit-exact
+    prepare_threads: int = 2  # threads preparing one camera frame's row strips (bit-identical for any value)
+    gpu_preprocessing: bool = False  # CUDA: resize (and JPEG via nvJPEG) on the device; not bit-exact, see docs/model.md
     cuda_graphs: bool = True  # CUDA only: prefix + denoising replayed as one captured graph (exact)
     # --- switches the presets set (see docs/conventions.md) ---
     test_time_augmentation: bool = False
@@ -194,6 +196,7 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
         "controller.speed_pid.window": config.controller.speed_pid.window,
         "controller.turn_pid.window": config.controller.turn_pid.window,
         "save.metric_info_every": config.save.metric_info_every,
+        "prepare_threads": config.prepare_threads,
     }
     for name, value in positive.items():
         if value < 1:
@@ -206,6 +209,10 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
     for name, value in non_negative.items():
         if not value >= 0 or not math.isfinite(value):
             raise AgentConfigError(f"{source}: field {name!r} must be a finite number >= 0, got {value}")
+    if config.gpu_preprocessing and not str(config.device).startswith("cuda"):
+        raise AgentConfigError(f"{source}: field 'gpu_preprocessing' needs a CUDA device, got device {config.device!r}")
+    if config.gpu_preprocessing and config.jpeg_decode_scale != 1:
+        raise AgentConfigError(f"{source}: fields 'gpu_preprocessing' and 'jpeg_decode_scale' {config.jpeg_decode_scale} exclude each other")
     if config.jpeg_decode_scale not in (1, 2):
         raise AgentConfigError(f"{source}: field 'jpeg_decode_scale' must be 1 or 2, got {config.jpeg_decode_scale}")
     if config.jpeg_quality is not None and not 1 <= config.jpeg_quality <= 100:

@@ -20,7 +20,8 @@ import numpy as np
 from agent.runtime.sensor_guard import speed_problem
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, MODEL_IMAGE_ORDER
 from agent.runtime.authors_jpeg import swapped_channel_jpeg_round_trip
-from model.image_preprocessing import PreparedImage, resize_like_torchvision_pil
+from model.errors import ObservationError
+from model.image_preprocessing import FramePreparer, PreparedImage, resize_like_torchvision_pil
 
 GNSS_ID = "GPS"
 IMU_ID = "IMU"
@@ -178,8 +179,10 @@ class LazyCameraImages(Mapping):
         keys: tuple[str, ...] = MODEL_IMAGE_ORDER,
         decode_scale: int = 1,
         jpeg_channels: str = "rgb",
+        preparer: FramePreparer | None = None,  # or a DevicePreparer (same prepare() contract)
     ) -> None:
         self._input = input_data
+        self._preparer = preparer  # the exact path on a thread pool (decode_scale 1 only)
         self._size = image_size
         self._quality = jpeg_quality
         self._previous = previous_front
@@ -223,10 +226,18 @@ class LazyCameraImages(Mapping):
                 entry = self._input[name]
             except KeyError:
                 raise KeyError(f"camera {name!r} is missing from this tick's sensor data") from None
-            self._prepared[name] = prepare_sensor_frame(entry[1], self._size, self._quality, name, self._decode_scale,
-                                                          self._jpeg_channels)
+            self._prepared[name] = self._convert(entry[1], name)
             self.accessed.append(name)
         return self._prepared[name]
+
+    def _convert(self, frame: Any, name: str) -> PreparedImage:
+        # the fast preparer implements the exact (training) channel order only; the authors' quirk stays on cv2
+        if self._preparer is None or self._decode_scale != 1 or self._jpeg_channels != "rgb":
+            return prepare_sensor_frame(frame, self._size, self._quality, name, self._decode_scale, self._jpeg_channels)
+        try:
+            return self._preparer.prepare(_check_frame(frame, name), self._size, self._quality, name)
+        except ObservationError as error:  # same exception type as prepare_sensor_frame raises
+            raise ValueError(str(error)) from None
 
     def __getitem__(self, name: str) -> PreparedImage:
         if name not in self._keys:

@@ -50,8 +50,9 @@ from agent.runtime.sensor_guard import Fault, FaultLog, SensorGuard
 from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.augmentation import TestTimeAugmentation
 from model.cameras import FRONT
+from model.device_preprocessing import DevicePreparer
 from model.ego_state import EgoWorldRecord, world_to_ego
-from model.image_preprocessing import PreparedImage
+from model.image_preprocessing import FramePreparer, PreparedImage
 
 LOGGER = logging.getLogger(__name__)
 TICK_SECONDS = 0.05  # the leaderboard runs CARLA synchronously at 20 Hz
@@ -140,6 +141,8 @@ class AgentStack:
         self._previous_front_tick = -1
         self._raw_fronts: deque[tuple[int, Any]] = deque(maxlen=config.inference_interval + 1)
         self.last_images: LazyCameraImages | None = None
+        # one pool for the route's camera frames (or the device path, agent config gpu_preprocessing)
+        self._preparer = DevicePreparer(config.device) if config.gpu_preprocessing else FramePreparer(config.prepare_threads)
 
     def _inference_due(self) -> bool:
         interval = self.config.inference_interval
@@ -204,6 +207,7 @@ class AgentStack:
             self._augment,
             decode_scale=self.config.jpeg_decode_scale,
             jpeg_channels=self.config.jpeg_channels,
+            preparer=self._preparer,
         )
         seed = self.config.seed + self.inferences if self.config.seeded_noise else None
         model_started = time.perf_counter()

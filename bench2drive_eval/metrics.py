@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 from bench2drive_eval.abilities import AbilityResults, JunctionLookup, compute_abilities, canonical_scenario_type
 from bench2drive_eval.cli import EvalError
 from bench2drive_eval.results import MergedResults, RouteRecord
-from bench2drive_eval.routes import Route, load_routes, routes_of_run_folders
+from bench2drive_eval.routes import Route, load_routes
+from bench2drive_eval.run_routes import routes_of_run_folders
 
 BENCHMARK_ROUTE_COUNT = 220  # upstream divides by 220 whatever the number of records
 EFFICIENCY_PATTERN = re.compile(r"\b\d+\.?\d*%")

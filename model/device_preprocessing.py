@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model.errors import ObservationError
-from model.image_preprocessing import PreparedImage
+from model.image_preprocessing import PreparedImage, checked_bgr_frame
 
 
 def _device_jpeg_codec(device: torch.device):
@@ -51,13 +51,7 @@ class DevicePreparer:
         self.jpeg_backend = "nvjpeg" if self._jpeg is not None else "cpu"
 
     def prepare(self, bgr: np.ndarray, size: int, jpeg_quality: int | None, camera: str = "image") -> PreparedImage:
-        if size < 1:
-            raise ValueError(f"image size must be positive, got {size}")
-        if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4) or min(bgr.shape[:2]) < 1:
-            raise ObservationError(f"camera {camera!r}: expected a uint8 [H, W, 3|4] BGR(A) frame, got {getattr(bgr, 'dtype', type(bgr).__name__)} {getattr(bgr, 'shape', '')}")
-        if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 100:
-            raise ObservationError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
-        bgr = np.ascontiguousarray(bgr)
+        bgr = checked_bgr_frame(bgr, size, jpeg_quality, camera)
         if jpeg_quality is not None and self._jpeg is None:  # CPU codec, the exact path's
             ok, encoded = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(jpeg_quality)])
             if not ok:

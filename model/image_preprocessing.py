@@ -261,6 +261,17 @@ def _prepare_strip(bgr: np.ndarray, strip: RowStrip, height: int, size: int, jpe
     return np.asarray(resized)
 
 
+def checked_bgr_frame(bgr: object, size: int, jpeg_quality: int | None, camera: str) -> np.ndarray:
+    """The arguments of a frame preparer checked (ObservationError / ValueError naming the camera); contiguous BGR(A)."""
+    if size < 1:
+        raise ValueError(f"image size must be positive, got {size}")
+    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4) or min(bgr.shape[:2]) < 1:
+        raise ObservationError(f"camera {camera!r}: expected a uint8 [H, W, 3|4] BGR(A) frame, got {getattr(bgr, 'dtype', type(bgr).__name__)} {getattr(bgr, 'shape', '')}")
+    if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 100:
+        raise ObservationError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    return np.ascontiguousarray(bgr)
+
+
 class FramePreparer:
     """BGR(A) camera frames -> PreparedImage, bit-identical to the exact path (JPEG round trip with
     OpenCV, resize as torchvision on PIL), with the frame's row strips prepared on `threads` threads.
@@ -277,13 +288,7 @@ class FramePreparer:
 
     def prepare(self, bgr: np.ndarray, size: int, jpeg_quality: int | None, camera: str = "image") -> PreparedImage:
         """`bgr`: uint8 [H, W, 3] BGR or [H, W, 4] BGRA (a CARLA frame)."""
-        if size < 1:
-            raise ValueError(f"image size must be positive, got {size}")
-        if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4) or min(bgr.shape[:2]) < 1:
-            raise ObservationError(f"camera {camera!r}: expected a uint8 [H, W, 3|4] BGR(A) frame, got {getattr(bgr, 'dtype', type(bgr).__name__)} {getattr(bgr, 'shape', '')}")
-        if jpeg_quality is not None and not 1 <= int(jpeg_quality) <= 100:
-            raise ObservationError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
-        bgr = np.ascontiguousarray(bgr)
+        bgr = checked_bgr_frame(bgr, size, jpeg_quality, camera)
         height = bgr.shape[0]
         jpeg = jpeg_quality is not None
         parts = self.threads if not jpeg or codecs_agree()[1] else 1

@@ -172,7 +172,8 @@ class RouteRouting:
             name=trace.save_name,
             scenario_type=scenario_type_of(trace),
             frames=[int(r["frame"]) for r in records],
-            times=[float(r.get("sim_time", r["frame"])) for r in records],
+            times=[float("nan") if r.get("sim_time", r["frame"]) is None else float(r.get("sim_time", r["frame"]))
+                   for r in records],  # null: the writer could not record the time (`non_finite`)
             positions=[tuple(r["position"]) if r.get("position") else None for r in records],
             cameras=[chosen_camera(r) for r in records],
             experts=[final_expert(r) for r in records],

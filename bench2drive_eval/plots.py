@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 Interval = "tuple[float | None, float | None] | None"
 
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 SUCCESS_COLOR, FAIL_COLOR = "#2ca02c", "#d62728"
 # Shown per km; min-speed events are efficiency checkpoints, and off-road is a distance, not a count.
 PLOTTED_INFRACTIONS = tuple(k for k in INFRACTION_LABELS if k not in ("min_speed_infractions", "outside_route_lanes"))
@@ -81,8 +81,10 @@ def _grouped_bars(ax: "plt.Axes", names: Sequence[str], series: Sequence[Sequenc
         for j, (bar, value) in enumerate(zip(bars, values)):
             text = "n/a" if value is None else f"{value:.1f}"
             top = bar.get_height() if yerr is None or yerr[1][j] != yerr[1][j] else bar.get_height() + yerr[1][j]
+            # 3+ bars per group are too narrow for a horizontal "92.5": the value then stands upright
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+                        fontsize=7, xytext=(0, 2), textcoords="offset points",
+                        rotation=90 if len(series) >= 3 else 0)
             runs = run_values[i][j] if run_values is not None else ()
             if len(runs) > 1:
                 ax.plot([bar.get_x() + bar.get_width() / 2] * len(runs), runs, "o", color="white",
@@ -135,19 +137,25 @@ def infractions(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.P
 
 def per_town(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike) -> Path:
     """Mean driving score per town (over evaluated routes), per run."""
+    return _save(per_town_figure(runs, labels), path)
+
+
+def per_town_figure(runs: Sequence[Metrics], labels: Sequence[str]) -> "plt.Figure":
     towns = sorted({row.name for m in runs for row in m.per_town})
     series = []
     for m in runs:
         by_name = {row.name: row for row in m.per_town}
         series.append([by_name[t].driving_score if t in by_name and by_name[t].evaluated else None for t in towns])
-    fig, ax = plt.subplots(figsize=(9, 4))
+    # wider with more runs, so bars keep their width; the legend sits below the axis, never on a bar
+    fig, ax = plt.subplots(figsize=(max(9.0, 2.0 + 0.22 * len(towns) * (len(runs) + 1)), 4.6 + 0.25 * ((len(runs) - 1) // 4)))
     _grouped_bars(ax, [f"{t}\n({next((r.routes for r in runs[0].per_town if r.name == t), 0)})" for t in towns],
                   series, labels, rotation=0)
     ax.set_ylabel("mean driving score")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 112 if len(runs) >= 3 else 105)
     ax.set_title("Driving score per town (routes in brackets)")
-    ax.legend()
-    return _save(fig, path)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(runs), 4), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def route_scatter(a: Metrics, b: Metrics, label_a: str, label_b: str, path: str | os.PathLike) -> Path:

@@ -114,3 +114,25 @@ def test_report_cli_matches_metrics(tmp_path, files, runs, capsys):
         assert_real_png(out / name)
     assert json.loads((out / "metrics.json").read_text())["driving_score"] == pytest.approx(moe.driving_score)
     assert "report.md" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("count", [1, 3, 5])
+def test_per_town_legend_never_covers_a_bar(runs, count):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from bench2drive_eval import plots
+
+    metrics = [runs[i % 2] for i in range(count)]
+    fig = plots.per_town_figure(metrics, [f"a long run label number {i}" for i in range(count)])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [p.get_window_extent(renderer) for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    assert len(bars) == count * 12  # 12 towns per run
+    assert not any(legend.overlaps(bar) for bar in bars)
+    figure_box = fig.bbox
+    assert figure_box.x0 <= legend.x0 and legend.x1 <= figure_box.x1 and figure_box.y0 <= legend.y0  # not cut off
+    assert len({p.get_facecolor() for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0}) == count
+    plt.close(fig)

@@ -398,6 +398,21 @@ def run_intervals(label: str, merged: MergedResults, point: Metrics, settings: B
     return RunIntervals(label, settings, len(table.units), metrics, tuple(_notes([table])))
 
 
+def group_mean_intervals(groups: Mapping[str, Sequence[float]], settings: BootstrapSettings
+                         ) -> dict[str, tuple[float | None, float | None]]:
+    """The interval of each group's mean (a town's or scenario type's mean driving score), resampling the
+    group's own routes; (None, None) for a group of fewer than 2 routes (nothing to resample)."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for name, values in groups.items():
+        array = np.asarray(values, dtype=np.float64)
+        if array.size < 2:
+            out[name] = (None, None)
+            continue
+        means = np.concatenate([array[indices].mean(axis=1) for indices in draws(array.size, settings)])
+        out[name] = percentile_interval(means, settings.confidence)
+    return out
+
+
 # ---- two groups ----------------------------------------------------------------------------------------------
 
 

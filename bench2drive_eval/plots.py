@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 
@@ -35,8 +35,10 @@ def _save(fig: "plt.Figure", path: str | os.PathLike) -> Path:
     return path
 
 
-def score_distribution(metrics: Metrics, path: str | os.PathLike, title: str = "") -> Path:
-    """Histogram of per-route driving scores, successes and failures stacked; missing routes shown at 0."""
+def score_distribution(metrics: Metrics, path: str | os.PathLike, title: str = "",
+                       interval: "tuple[float | None, float | None, str] | None" = None) -> Path:
+    """Histogram of per-route driving scores, successes and failures stacked; missing routes shown at 0;
+    with `interval` (low, high, level) the DS interval as a band around the DS line."""
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = [i * 10 for i in range(11)]
     ok = [r.driving_score for r in metrics.per_route if r.success]
@@ -44,6 +46,9 @@ def score_distribution(metrics: Metrics, path: str | os.PathLike, title: str = "
     ax.hist([ok, bad], bins=bins, stacked=True, color=[SUCCESS_COLOR, FAIL_COLOR],
             label=[f"success ({len(ok)})", f"not success ({len(bad)}, incl. {len(metrics.missing_routes)} missing)"])
     ax.axvline(metrics.driving_score, color="black", linestyle="--", label=f"DS {metrics.driving_score:.2f}")
+    if interval is not None and interval[0] is not None and interval[1] is not None:
+        ax.axvspan(interval[0], interval[1], color="black", alpha=0.12,
+                   label=f"DS {interval[2]} interval [{interval[0]:.2f}, {interval[1]:.2f}]")
     ax.set_xlabel("route driving score")
     ax.set_ylabel("routes")
     ax.set_xticks(bins)
@@ -112,7 +117,9 @@ def abilities(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.Pat
     _grouped_bars(ax, names, series, labels, intervals=bounds)
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("Abilities" + (" (n/a: not computable, see the notes)" if partial else ""))
+    level = f" {intervals[0].settings.level}" if intervals else ""
+    ax.set_title("Abilities" + (f" (error bars:{level} bootstrap intervals)" if intervals else "")
+                 + (" (n/a: not computable, see the notes)" if partial else ""))
     ax.legend()
     return _save(fig, path)
 
@@ -135,12 +142,15 @@ def infractions(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.P
     return _save(fig, path)
 
 
-def per_town(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike) -> Path:
-    """Mean driving score per town (over evaluated routes), per run."""
-    return _save(per_town_figure(runs, labels), path)
+def per_town(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike,
+             intervals: "Sequence[Mapping[str, tuple[float | None, float | None]]] | None" = None) -> Path:
+    """Mean driving score per town (over evaluated routes), per run; with `intervals` (per run: town ->
+    (low, high), bench2drive_eval.bootstrap.group_mean_intervals) as error bars."""
+    return _save(per_town_figure(runs, labels, intervals), path)
 
 
-def per_town_figure(runs: Sequence[Metrics], labels: Sequence[str]) -> "plt.Figure":
+def per_town_figure(runs: Sequence[Metrics], labels: Sequence[str],
+                    intervals: "Sequence[Mapping[str, tuple[float | None, float | None]]] | None" = None) -> "plt.Figure":
     towns = sorted({row.name for m in runs for row in m.per_town})
     series = []
     for m in runs:
@@ -149,10 +159,12 @@ def per_town_figure(runs: Sequence[Metrics], labels: Sequence[str]) -> "plt.Figu
     # wider with more runs, so bars keep their width; the legend sits below the axis, never on a bar
     fig, ax = plt.subplots(figsize=(max(9.0, 2.0 + 0.22 * len(towns) * (len(runs) + 1)), 4.6 + 0.25 * ((len(runs) - 1) // 4)))
     _grouped_bars(ax, [f"{t}\n({next((r.routes for r in runs[0].per_town if r.name == t), 0)})" for t in towns],
-                  series, labels, rotation=0)
+                  series, labels, rotation=0,
+                  intervals=None if intervals is None else [[bounds.get(t) for t in towns] for bounds in intervals])
     ax.set_ylabel("mean driving score")
-    ax.set_ylim(0, 112 if len(runs) >= 3 else 105)
-    ax.set_title("Driving score per town (routes in brackets)")
+    ax.set_ylim(0, 115 if intervals is not None or len(runs) >= 3 else 105)
+    ax.set_title("Driving score per town (routes in brackets" + ("; error bars: bootstrap intervals over the "
+                                                                 "town's routes)" if intervals is not None else ")"))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(runs), 4), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

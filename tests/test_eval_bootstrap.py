@@ -224,3 +224,20 @@ def test_traffic_signs_with_a_junction_lookup_traced_once_per_route():
     np.testing.assert_allclose(table.scores(bootstrap.counts_of(indices, 60)), table.exact_scores(indices),
                                rtol=1e-12, atol=1e-9)
     assert sorted(calls) == sorted(r for r in routes if int(r) % 5 in (0, 1))  # the Traffic_Signs routes, once each
+
+
+def test_group_mean_intervals_cover_the_mean_are_seeded_and_need_two_routes():
+    rng = np.random.default_rng(3)
+    groups = {"Town01": rng.uniform(0, 100, 40).tolist(), "Town02": [55.0] * 6, "Town03": [80.0]}
+    settings = BootstrapSettings(resamples=2000, seed=1)
+    bounds = bootstrap.group_mean_intervals(groups, settings)
+    low, high = bounds["Town01"]
+    mean = float(np.mean(groups["Town01"]))
+    assert low < mean < high
+    # the percentile interval of a mean of 40 draws: about +-1.96 standard errors
+    half = 1.96 * np.std(groups["Town01"]) / np.sqrt(40)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert bounds["Town02"] == (55.0, 55.0)  # no spread among the routes: nothing to be unsure about
+    assert bounds["Town03"] == (None, None)  # one route: nothing to resample
+    assert bootstrap.group_mean_intervals(groups, settings) == bounds
+    assert bootstrap.group_mean_intervals(groups, BootstrapSettings(resamples=2000, seed=2))["Town01"] != bounds["Town01"]

@@ -116,6 +116,50 @@ def test_report_cli_matches_metrics(tmp_path, files, runs, capsys):
     assert "report.md" in capsys.readouterr().out
 
 
+def test_report_shows_the_bootstrap_intervals_in_tables_plots_and_page(tmp_path, files, runs, capsys):
+    import matplotlib.image
+
+    from bench2drive_eval.bootstrap import BootstrapSettings, group_mean_intervals, run_intervals
+    from bench2drive_eval.routes import load_routes
+
+    out, plain = tmp_path / "report", tmp_path / "plain"
+    common = [str(files["drivemoe"]), "--routes", str(files["routes"]), "--title", "DriveMoE seed 1"]
+    assert cli_main(["report", *common, "--out", str(out), "--bootstrap", "2000", "--bootstrap-seed", "4"]) == 0
+    assert "DS 74.22 [" in capsys.readouterr().out
+    moe = runs[1]
+    settings = BootstrapSettings(resamples=2000, seed=4)
+    expected = {m.metric: (m.low, m.high) for m in run_intervals(
+        "x", load_run(files["drivemoe"]), moe, settings, load_routes(files["routes"]), "v0.0.3").metrics}
+    report = (out / "report.md").read_text()
+    ds_low, ds_high = expected["driving_score"]
+    assert "| metric | value | 95% interval |" in report
+    assert f"| Driving Score | 74.22 | [{ds_low:.2f}, {ds_high:.2f}] |" in report
+    low, high = expected["infraction_penalty"]
+    assert f"| Infraction penalty | {moe.infraction_penalty:.4f} | [{low:.4f}, {high:.4f}] |" in report
+    low, high = expected["Merging"]
+    assert f"| Merging | {moe.abilities['Merging']:.2f} | [{low:.2f}, {high:.2f}] | 31/80 |" in report
+    assert "| Traffic_Signs | n/a | n/a | not computable |" in report
+    assert "2000 resamples, seed 4, 220 routes" in report
+    towns = group_mean_intervals({"Town12": [r.driving_score for r in moe.per_route if r.town == "Town12"]}, settings)
+    row = next(r for r in moe.per_town if r.name == "Town12")
+    assert (f"| Town12 | 104 | 104 | {row.successes} | {row.driving_score:.2f} | "
+            f"[{towns['Town12'][0]:.2f}, {towns['Town12'][1]:.2f}] |") in report
+    assert "mean DS 95% interval" in report.split("## Per scenario type")[1]
+    saved = json.loads((out / "intervals.json").read_text())
+    assert saved["resamples"] == 2000 and saved["metrics"]["driving_score"]["low"] == pytest.approx(ds_low)
+    page = (out / "report.html").read_text()
+    assert f"[{ds_low:.2f}, {ds_high:.2f}]" in page and "mean DS 95% interval" in page
+
+    assert cli_main(["report", *common, "--out", str(plain), "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    without = (plain / "report.md").read_text()
+    assert "| metric | value |\n" in without and "interval" not in without.split("## Abilities")[1]
+    assert "No intervals (--bootstrap 0)." in without and not (plain / "intervals.json").exists()
+    for name in ("scores.png", "abilities.png", "towns.png"):  # the band / error bars are drawn
+        a, b = matplotlib.image.imread(out / name), matplotlib.image.imread(plain / name)
+        assert a.shape != b.shape or (a != b).any(), name
+
+
 @pytest.mark.parametrize("count", [1, 3, 5])
 def test_per_town_legend_never_covers_a_bar(runs, count):
     import matplotlib.pyplot as plt

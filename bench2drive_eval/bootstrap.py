@@ -413,6 +413,23 @@ def group_mean_intervals(groups: Mapping[str, Sequence[float]], settings: Bootst
     return out
 
 
+def per_km_intervals(values: np.ndarray, km: np.ndarray, per_km: Sequence[bool], settings: BootstrapSettings,
+                     floor_km: float = 0.001) -> list[tuple[float | None, float | None]]:
+    """Intervals of infraction rates over resampled routes: column j of `values` (routes x kinds) summed over
+    the drawn routes, divided by their summed km (at least `floor_km`, as the point estimate) where per_km[j]."""
+    values = np.asarray(values, dtype=np.float64)
+    km = np.asarray(km, dtype=np.float64)
+    if values.shape[0] < 2:
+        return [(None, None)] * values.shape[1]
+    parts = []
+    for indices in draws(values.shape[0], settings):
+        counts = counts_of(indices, values.shape[0])
+        totals = counts @ values
+        parts.append(np.where(np.asarray(per_km), totals / np.maximum(counts @ km, floor_km)[:, None], totals))
+    samples = np.concatenate(parts)
+    return [percentile_interval(samples[:, j], settings.confidence) for j in range(values.shape[1])]
+
+
 # ---- two groups ----------------------------------------------------------------------------------------------
 
 

@@ -124,20 +124,23 @@ def abilities(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.Pat
     return _save(fig, path)
 
 
-def infractions(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike) -> Path:
-    """Infractions per km driven, per type and run."""
+def infractions(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike,
+                intervals: "Sequence[Mapping[str, tuple[float | None, float | None]]] | None" = None) -> Path:
+    """Infractions per km driven, per type and run; with `intervals` (per run: kind -> (low, high)) as error bars."""
     names = [INFRACTION_LABELS[k] for k in PLOTTED_INFRACTIONS]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     height = 0.8 / len(runs)
     for i, (m, label) in enumerate(zip(runs, labels)):
         ys = [j + (i - (len(runs) - 1) / 2) * height for j in range(len(names))]
-        ax.barh(ys, [m.infractions_per_km[k] for k in PLOTTED_INFRACTIONS], height, label=label,
-                color=COLORS[i % len(COLORS)])
+        values = [m.infractions_per_km[k] for k in PLOTTED_INFRACTIONS]
+        xerr = None if not intervals or not intervals[i] else _error_bars(values, [intervals[i].get(k) for k in PLOTTED_INFRACTIONS])
+        ax.barh(ys, values, height, label=label, color=COLORS[i % len(COLORS)], xerr=xerr,
+                error_kw={"ecolor": "black", "capsize": 3, "elinewidth": 1})
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names)
     ax.invert_yaxis()
     ax.set_xlabel("events per km driven")
-    ax.set_title("Infractions per km")
+    ax.set_title("Infractions per km" + (" (error bars: bootstrap intervals over routes)" if intervals else ""))
     ax.legend()
     return _save(fig, path)
 

@@ -47,6 +47,7 @@ class ReportIntervals:
     run: bootstrap.RunIntervals
     towns: dict[str, Bounds] = field(default_factory=dict)
     scenarios: dict[str, Bounds] = field(default_factory=dict)
+    infractions: dict[str, Bounds] = field(default_factory=dict)  # per km (off-road: km); empty if not matched
 
     @property
     def level(self) -> str:
@@ -73,7 +74,30 @@ def report_intervals(label: str, merged, metrics: Metrics, settings: bootstrap.B
         return groups
 
     return ReportIntervals(run, bootstrap.group_mean_intervals(by("town"), settings),
-                           bootstrap.group_mean_intervals(by("scenario_type"), settings))
+                           bootstrap.group_mean_intervals(by("scenario_type"), settings),
+                           infraction_intervals(merged, metrics, settings))
+
+
+def infraction_intervals(merged, metrics: Metrics, settings: bootstrap.BootstrapSettings) -> dict[str, Bounds]:
+    """Per-km infraction rates over resampled evaluated routes; {} when the records do not reproduce the
+    point estimate (then no interval is shown rather than one of other numbers)."""
+    import math
+
+    import numpy as np
+
+    from bench2drive_eval.metrics import _infraction_value, infractions_per_km
+
+    scored = {r.route_id for r in metrics.per_route}
+    records = [r for r in merged.records if (r.route_id if r.repetition == 0 else r.route_key) in scored]
+    point, _ = infractions_per_km(records)
+    if len(records) != len(metrics.per_route) or any(
+            not math.isclose(point[k], v, rel_tol=1e-9, abs_tol=1e-12) for k, v in metrics.infractions_per_km.items()):
+        return {}
+    kinds = list(metrics.infractions_per_km)
+    values = np.array([[_infraction_value(r, k) for k in kinds] for r in records], dtype=np.float64).reshape(len(records), len(kinds))
+    km = np.array([r.route_length / 1000.0 * r.score_route / 100.0 for r in records])
+    bounds = bootstrap.per_km_intervals(values, km, [k != "outside_route_lanes" for k in kinds], settings)
+    return dict(zip(kinds, bounds))
 
 
 def interval_text(bounds: Bounds | None) -> str:
@@ -151,12 +175,27 @@ def ability_rows(metrics: Metrics, intervals: ReportIntervals | None = None) -> 
     return rows
 
 
+def infraction_headers(intervals: ReportIntervals | None) -> list[str]:
+    return ["infraction", "per km"] + ([f"{intervals.level} interval"] if intervals is not None and intervals.infractions else [])
+
+
+def infraction_rows(metrics: Metrics, intervals: ReportIntervals | None = None) -> list[list[str]]:
+    rows = []
+    for k, v in metrics.infractions_per_km.items():
+        row = [INFRACTION_LABELS[k] + (" (km, not per km)" if k == "outside_route_lanes" else ""), f"{v:.3f}"]
+        if intervals is not None and intervals.infractions:
+            bounds = intervals.infractions.get(k)
+            row.append("n/a" if bounds is None or bounds[0] is None else f"[{bounds[0]:.3f}, {bounds[1]:.3f}]")
+        rows.append(row)
+    return rows
+
+
 def interval_note(intervals: ReportIntervals | None) -> str:
     if intervals is None:
         return "No intervals (--bootstrap 0)."
     notes = "".join(f" Note: {n}." for n in intervals.run.notes)
     return (f"{intervals.run.settings.describe()}, {intervals.run.routes} routes; a town's or scenario type's interval "
-            f"resamples that group's evaluated routes.{notes}")
+            f"resamples that group's evaluated routes, an infraction rate's the evaluated routes.{notes}")
 
 
 def render_report(metrics: Metrics, title: str, images: dict[str, str], intervals: ReportIntervals | None = None) -> str:
@@ -182,9 +221,7 @@ def render_report(metrics: Metrics, title: str, images: dict[str, str], interval
         "## Infractions",
         f"![infractions]({images['infractions']})",
         "",
-        markdown_table(["infraction", "per km"],
-                       [[INFRACTION_LABELS[k] + (" (km, not per km)" if k == "outside_route_lanes" else ""),
-                         f"{v:.3f}"] for k, v in m.infractions_per_km.items()]),
+        markdown_table(infraction_headers(intervals), infraction_rows(m, intervals)),
         f"\n{m.km_driven:.2f} km driven (route length x completion).",
         "",
         "## Per town",
@@ -229,9 +266,7 @@ def render_html_sections(metrics: Metrics, out: Path, images: dict[str, str],
         h.section("Abilities", h.image(out / images["abilities"], "abilities"),
                   h.table(ability_headers(intervals), ability_rows(m, intervals))),
         h.section("Infractions", h.image(out / images["infractions"], "infractions"),
-                  h.table(["infraction", "per km"],
-                          [[INFRACTION_LABELS[k] + (" (km, not per km)" if k == "outside_route_lanes" else ""), f"{v:.3f}"]
-                           for k, v in m.infractions_per_km.items()]),
+                  h.table(infraction_headers(intervals), infraction_rows(m, intervals)),
                   h.paragraph(f"{m.km_driven:.2f} km driven (route length x completion).")),
         h.section("Per town", h.image(out / images["towns"], "per town"),
                   h.table(group_headers(intervals), group_rows(m.per_town, intervals.towns if intervals else None))),
@@ -263,7 +298,8 @@ def write_report(metrics: Metrics, out: str | Path, title: str, intervals: Repor
                                            interval=ds).name,
         "abilities": plots.abilities([metrics], label, out / "abilities.png",
                                      intervals=None if intervals is None else [intervals.run]).name,
-        "infractions": plots.infractions([metrics], label, out / "infractions.png").name,
+        "infractions": plots.infractions([metrics], label, out / "infractions.png",
+                                         intervals=None if intervals is None else [intervals.infractions]).name,
         "towns": plots.per_town([metrics], label, out / "towns.png",
                                 intervals=None if intervals is None else [intervals.towns]).name,
     }

@@ -241,3 +241,18 @@ def test_group_mean_intervals_cover_the_mean_are_seeded_and_need_two_routes():
     assert bounds["Town03"] == (None, None)  # one route: nothing to resample
     assert bootstrap.group_mean_intervals(groups, settings) == bounds
     assert bootstrap.group_mean_intervals(groups, BootstrapSettings(resamples=2000, seed=2))["Town01"] != bounds["Town01"]
+
+
+def test_per_km_intervals_are_ratios_of_sums_over_the_drawn_routes():
+    rng = np.random.default_rng(5)
+    km = rng.uniform(0.1, 2.0, 30)
+    values = np.stack([rng.poisson(2.0 * km), 0.3 * km, np.zeros(30)], axis=1)  # events, off-road km, none
+    settings = BootstrapSettings(resamples=500, seed=7)
+    bounds = bootstrap.per_km_intervals(values, km, [True, True, False], settings)
+    # the same draws, one by one
+    indices = np.concatenate(list(bootstrap.draws(30, settings)))
+    rates = np.array([values[i, 0].sum() / km[i].sum() for i in indices])
+    assert bounds[0] == pytest.approx(tuple(np.percentile(rates, [2.5, 97.5])))
+    assert bounds[1] == pytest.approx((0.3, 0.3))  # a constant rate has a zero-width interval
+    assert bounds[2] == (0.0, 0.0)  # a sum (not per km) of zeros
+    assert bootstrap.per_km_intervals(values[:1], km[:1], [True, True, False], settings) == [(None, None)] * 3

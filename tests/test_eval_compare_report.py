@@ -145,6 +145,10 @@ def test_report_shows_the_bootstrap_intervals_in_tables_plots_and_page(tmp_path,
     assert (f"| Town12 | 104 | 104 | {row.successes} | {row.driving_score:.2f} | "
             f"[{towns['Town12'][0]:.2f}, {towns['Town12'][1]:.2f}] |") in report
     assert "mean DS 95% interval" in report.split("## Per scenario type")[1]
+    vehicles = next(l for l in report.splitlines() if l.startswith("| Collisions with vehicles |"))
+    rate, bounds = vehicles.split(" | ")[1], vehicles.split(" | ")[2].strip("[] |").split(", ")
+    assert float(rate) == pytest.approx(moe.infractions_per_km["collisions_vehicle"], abs=5e-4)
+    assert float(bounds[0]) < float(rate) < float(bounds[1])
     saved = json.loads((out / "intervals.json").read_text())
     assert saved["resamples"] == 2000 and saved["metrics"]["driving_score"]["low"] == pytest.approx(ds_low)
     page = (out / "report.html").read_text()
@@ -155,7 +159,7 @@ def test_report_shows_the_bootstrap_intervals_in_tables_plots_and_page(tmp_path,
     without = (plain / "report.md").read_text()
     assert "| metric | value |\n" in without and "interval" not in without.split("## Abilities")[1]
     assert "No intervals (--bootstrap 0)." in without and not (plain / "intervals.json").exists()
-    for name in ("scores.png", "abilities.png", "towns.png"):  # the band / error bars are drawn
+    for name in ("scores.png", "abilities.png", "towns.png", "infractions.png"):  # the band / error bars are drawn
         a, b = matplotlib.image.imread(out / name), matplotlib.image.imread(plain / name)
         assert a.shape != b.shape or (a != b).any(), name
 

@@ -123,6 +123,12 @@ def test_non_finite_values_are_written_as_strict_json_null_and_named(tmp_path):
     assert [r["frame"] for r in trace.records] == [0, 2]
     times = RouteRouting.from_trace(trace).times
     assert np.isnan(times[0]) and times[1] == 0.1
+    from agent.debugger.debug_video import VideoLayout, render_frame
+
+    boxes = []
+    render_frame(trace.records[0], {}, "RouteScenario_1", VideoLayout(), header=trace.header, boxes=boxes)
+    texts = [b.text for b in boxes]
+    assert "steer -" in texts and "speed -" in texts and "steer +0.00" not in texts  # unknown, not 0
 
 
 def test_header_names_experts_by_skill_only_with_one_expert_per_skill(tmp_path):

@@ -24,7 +24,7 @@ from agent.runtime.config import AgentConfig, AgentConfigError, load_agent_confi
 from agent.runtime.metric_info import MetricInfoRecorder
 from agent.runtime.sensor_frames import leaderboard_sensors
 from agent.runtime.stack import AgentStack, route_from_plans
-from agent.runtime.routing_trace import TraceWriter
+from agent.runtime.routing_trace import TraceWriter, model_expert_names
 
 LOGGER = logging.getLogger(__name__)
 SAVE_PATH_VARIABLE = "SAVE_PATH"
@@ -90,6 +90,7 @@ class DriveMoEAgent(autonomous_agent.AutonomousAgent):
                     model={"name": getattr(model_config, "name", None), "checkpoint": self.config.checkpoint},
                     agent_config=self.config.to_dict(),
                     save_name=save_name,
+                    expert_names=model_expert_names(model_config),
                 )
             if self.config.save.metric_info:
                 self.metric_info = MetricInfoRecorder(folder / "metric_info.json", self.config.save.metric_info_every)

@@ -398,6 +398,38 @@ def run_intervals(label: str, merged: MergedResults, point: Metrics, settings: B
     return RunIntervals(label, settings, len(table.units), metrics, tuple(_notes([table])))
 
 
+def group_mean_intervals(groups: Mapping[str, Sequence[float]], settings: BootstrapSettings
+                         ) -> dict[str, tuple[float | None, float | None]]:
+    """The interval of each group's mean (a town's or scenario type's mean driving score), resampling the
+    group's own routes; (None, None) for a group of fewer than 2 routes (nothing to resample)."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for name, values in groups.items():
+        array = np.asarray(values, dtype=np.float64)
+        if array.size < 2:
+            out[name] = (None, None)
+            continue
+        means = np.concatenate([array[indices].mean(axis=1) for indices in draws(array.size, settings)])
+        out[name] = percentile_interval(means, settings.confidence)
+    return out
+
+
+def per_km_intervals(values: np.ndarray, km: np.ndarray, per_km: Sequence[bool], settings: BootstrapSettings,
+                     floor_km: float = 0.001) -> list[tuple[float | None, float | None]]:
+    """Intervals of infraction rates over resampled routes: column j of `values` (routes x kinds) summed over
+    the drawn routes, divided by their summed km (at least `floor_km`, as the point estimate) where per_km[j]."""
+    values = np.asarray(values, dtype=np.float64)
+    km = np.asarray(km, dtype=np.float64)
+    if values.shape[0] < 2:
+        return [(None, None)] * values.shape[1]
+    parts = []
+    for indices in draws(values.shape[0], settings):
+        counts = counts_of(indices, values.shape[0])
+        totals = counts @ values
+        parts.append(np.where(np.asarray(per_km), totals / np.maximum(counts @ km, floor_km)[:, None], totals))
+    samples = np.concatenate(parts)
+    return [percentile_interval(samples[:, j], settings.confidence) for j in range(values.shape[1])]
+
+
 # ---- two groups ----------------------------------------------------------------------------------------------
 
 

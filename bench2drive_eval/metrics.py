@@ -133,7 +133,7 @@ def offroad_km(record: RouteRecord) -> float | None:
     return metres / 1000.0 if math.isfinite(metres) and metres >= 0 else None
 
 
-def _infraction_value(record: RouteRecord, key: str) -> float:
+def infraction_value(record: RouteRecord, key: str) -> float:
     if key == "outside_route_lanes":
         # The leaderboard sums the off-route distance (km) instead of counting events.
         return offroad_km(record) or 0.0
@@ -144,7 +144,7 @@ def infractions_per_km(records: Sequence[RouteRecord]) -> tuple[dict[str, float]
     """As the leaderboard's global record: events per km driven (km = length x completion); off-road in km."""
     km = sum(r.route_length / 1000.0 * r.score_route / 100.0 for r in records)
     km = max(km, 0.001)
-    totals = {key: sum(_infraction_value(r, key) for r in records) for key in INFRACTION_LABELS}
+    totals = {key: sum(infraction_value(r, key) for r in records) for key in INFRACTION_LABELS}
     return {k: (v if k == "outside_route_lanes" else v / km) for k, v in totals.items()}, km
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 Interval = "tuple[float | None, float | None] | None"
 
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 SUCCESS_COLOR, FAIL_COLOR = "#2ca02c", "#d62728"
 # Shown per km; min-speed events are efficiency checkpoints, and off-road is a distance, not a count.
 PLOTTED_INFRACTIONS = tuple(k for k in INFRACTION_LABELS if k not in ("min_speed_infractions", "outside_route_lanes"))
@@ -35,8 +35,10 @@ def _save(fig: "plt.Figure", path: str | os.PathLike) -> Path:
     return path
 
 
-def score_distribution(metrics: Metrics, path: str | os.PathLike, title: str = "") -> Path:
-    """Histogram of per-route driving scores, successes and failures stacked; missing routes shown at 0."""
+def score_distribution(metrics: Metrics, path: str | os.PathLike, title: str = "",
+                       interval: "tuple[float | None, float | None, str] | None" = None) -> Path:
+    """Histogram of per-route driving scores, successes and failures stacked; missing routes shown at 0;
+    with `interval` (low, high, level) the DS interval as a band around the DS line."""
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = [i * 10 for i in range(11)]
     ok = [r.driving_score for r in metrics.per_route if r.success]
@@ -44,6 +46,9 @@ def score_distribution(metrics: Metrics, path: str | os.PathLike, title: str = "
     ax.hist([ok, bad], bins=bins, stacked=True, color=[SUCCESS_COLOR, FAIL_COLOR],
             label=[f"success ({len(ok)})", f"not success ({len(bad)}, incl. {len(metrics.missing_routes)} missing)"])
     ax.axvline(metrics.driving_score, color="black", linestyle="--", label=f"DS {metrics.driving_score:.2f}")
+    if interval is not None and interval[0] is not None and interval[1] is not None:
+        ax.axvspan(interval[0], interval[1], color="black", alpha=0.12,
+                   label=f"DS {interval[2]} interval [{interval[0]:.2f}, {interval[1]:.2f}]")
     ax.set_xlabel("route driving score")
     ax.set_ylabel("routes")
     ax.set_xticks(bins)
@@ -81,8 +86,10 @@ def _grouped_bars(ax: "plt.Axes", names: Sequence[str], series: Sequence[Sequenc
         for j, (bar, value) in enumerate(zip(bars, values)):
             text = "n/a" if value is None else f"{value:.1f}"
             top = bar.get_height() if yerr is None or yerr[1][j] != yerr[1][j] else bar.get_height() + yerr[1][j]
+            # 3+ bars per group are too narrow for a horizontal "92.5": the value then stands upright
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+                        fontsize=7, xytext=(0, 2), textcoords="offset points",
+                        rotation=90 if len(series) >= 3 else 0)
             runs = run_values[i][j] if run_values is not None else ()
             if len(runs) > 1:
                 ax.plot([bar.get_x() + bar.get_width() / 2] * len(runs), runs, "o", color="white",
@@ -110,44 +117,60 @@ def abilities(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.Pat
     _grouped_bars(ax, names, series, labels, intervals=bounds)
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("Abilities" + (" (n/a: not computable, see the notes)" if partial else ""))
+    level = f" {intervals[0].settings.level}" if intervals else ""
+    ax.set_title("Abilities" + (f" (error bars:{level} bootstrap intervals)" if intervals else "")
+                 + (" (n/a: not computable, see the notes)" if partial else ""))
     ax.legend()
     return _save(fig, path)
 
 
-def infractions(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike) -> Path:
-    """Infractions per km driven, per type and run."""
+def infractions(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike,
+                intervals: "Sequence[Mapping[str, tuple[float | None, float | None]]] | None" = None) -> Path:
+    """Infractions per km driven, per type and run; with `intervals` (per run: kind -> (low, high)) as error bars."""
     names = [INFRACTION_LABELS[k] for k in PLOTTED_INFRACTIONS]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     height = 0.8 / len(runs)
     for i, (m, label) in enumerate(zip(runs, labels)):
         ys = [j + (i - (len(runs) - 1) / 2) * height for j in range(len(names))]
-        ax.barh(ys, [m.infractions_per_km[k] for k in PLOTTED_INFRACTIONS], height, label=label,
-                color=COLORS[i % len(COLORS)])
+        values = [m.infractions_per_km[k] for k in PLOTTED_INFRACTIONS]
+        xerr = None if not intervals or not intervals[i] else _error_bars(values, [intervals[i].get(k) for k in PLOTTED_INFRACTIONS])
+        ax.barh(ys, values, height, label=label, color=COLORS[i % len(COLORS)], xerr=xerr,
+                error_kw={"ecolor": "black", "capsize": 3, "elinewidth": 1})
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names)
     ax.invert_yaxis()
     ax.set_xlabel("events per km driven")
-    ax.set_title("Infractions per km")
+    ax.set_title("Infractions per km" + (" (error bars: bootstrap intervals over routes)" if intervals else ""))
     ax.legend()
     return _save(fig, path)
 
 
-def per_town(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike) -> Path:
-    """Mean driving score per town (over evaluated routes), per run."""
+def per_town(runs: Sequence[Metrics], labels: Sequence[str], path: str | os.PathLike,
+             intervals: "Sequence[Mapping[str, tuple[float | None, float | None]]] | None" = None) -> Path:
+    """Mean driving score per town (over evaluated routes), per run; with `intervals` (per run: town ->
+    (low, high), bench2drive_eval.bootstrap.group_mean_intervals) as error bars."""
+    return _save(per_town_figure(runs, labels, intervals), path)
+
+
+def per_town_figure(runs: Sequence[Metrics], labels: Sequence[str],
+                    intervals: "Sequence[Mapping[str, tuple[float | None, float | None]]] | None" = None) -> "plt.Figure":
     towns = sorted({row.name for m in runs for row in m.per_town})
     series = []
     for m in runs:
         by_name = {row.name: row for row in m.per_town}
         series.append([by_name[t].driving_score if t in by_name and by_name[t].evaluated else None for t in towns])
-    fig, ax = plt.subplots(figsize=(9, 4))
+    # wider with more runs, so bars keep their width; the legend sits below the axis, never on a bar
+    fig, ax = plt.subplots(figsize=(max(9.0, 2.0 + 0.22 * len(towns) * (len(runs) + 1)), 4.6 + 0.25 * ((len(runs) - 1) // 4)))
     _grouped_bars(ax, [f"{t}\n({next((r.routes for r in runs[0].per_town if r.name == t), 0)})" for t in towns],
-                  series, labels, rotation=0)
+                  series, labels, rotation=0,
+                  intervals=None if intervals is None else [[bounds.get(t) for t in towns] for bounds in intervals])
     ax.set_ylabel("mean driving score")
-    ax.set_ylim(0, 105)
-    ax.set_title("Driving score per town (routes in brackets)")
-    ax.legend()
-    return _save(fig, path)
+    ax.set_ylim(0, 115 if intervals is not None or len(runs) >= 3 else 105)
+    ax.set_title("Driving score per town (routes in brackets" + ("; error bars: bootstrap intervals over the "
+                                                                 "town's routes)" if intervals is not None else ")"))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(runs), 4), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def route_scatter(a: Metrics, b: Metrics, label_a: str, label_b: str, path: str | os.PathLike) -> Path:

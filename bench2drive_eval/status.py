@@ -1,4 +1,6 @@
-"""The `status` sub-command: done / running / failed / ETA of a run folder, read from its files only."""
+"""The `status` sub-command: done / running / failed / ETA of a run folder, read from its files only.
+
+A multi-seed folder (`run --seeds`, bench2drive_eval/seeds.py) is summarised per seed's sub-run, then in total."""
 from __future__ import annotations
 
 import argparse
@@ -132,13 +134,65 @@ def render(summary: RunSummary, per_job: bool) -> str:
     return "\n".join(lines)
 
 
+def summarize_seeds(root: Path, seeds: tuple[int, ...]) -> dict[int, RunSummary | None]:
+    """Each seed's sub-run summary of a multi-seed run folder (None: that sub-run has not started)."""
+    from bench2drive_eval.seeds import sub_run_dir
+
+    out: dict[int, RunSummary | None] = {}
+    for seed in seeds:
+        layout = RunLayout(sub_run_dir(root, seed))
+        out[seed] = summarize(layout, load_run_state(layout)) if layout.state_file.exists() else None
+    return out
+
+
+def seeds_total(summaries: dict[int, RunSummary | None]) -> RunSummary:
+    """The sum over the started sub-runs. Sub-runs run one after another, so the ETA is the sum of
+    theirs, and unknown while a sub-run has not started (its routes are not known yet)."""
+    started = [s for s in summaries.values() if s is not None]
+    etas = [s.eta_s if not s.complete else 0.0 for s in started]
+    known = len(started) == len(summaries) and all(e is not None for e in etas)
+    return RunSummary(
+        total=sum(s.total for s in started), done=sum(s.done for s in started), failed=sum(s.failed for s in started),
+        written_off=sum(s.written_off for s in started), running_jobs=sum(s.running_jobs for s in started),
+        eta_s=sum(etas) if known else None, jobs=(), problems=tuple(p for s in started for p in s.problems))
+
+
+def render_seeds(summaries: dict[int, RunSummary | None], per_job: bool) -> str:
+    lines = []
+    for seed, summary in summaries.items():
+        if summary is None:
+            lines.append(f"seed {seed}: not started")
+            continue
+        sub = render(summary, per_job).splitlines()
+        lines.append(f"seed {seed}: {sub[0]}")
+        lines.extend(f"  {line}" for line in sub[1:])
+    waiting = sum(1 for s in summaries.values() if s is None)
+    total = seeds_total(summaries).line()
+    lines.append(f"total ({len(summaries)} seeds{f', {waiting} not started' if waiting else ''}): {total}")
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="the --out folder of `bench2drive-eval run`")
+    parser.add_argument("run_dir", type=Path, help="the --out folder of `bench2drive-eval run` (a multi-seed one: per seed, then the total)")
     parser.add_argument("--jobs", action="store_true", help="also print one line per job")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench2drive_eval.seeds import read_manifest
+
+    manifest = read_manifest(args.run_dir) if Path(args.run_dir).is_dir() else None
+    if manifest is not None:  # `run --seeds`: one ordinary run folder per seed
+        summaries = summarize_seeds(Path(args.run_dir), manifest.seeds)
+        if args.json:
+            total = seeds_total(summaries)
+            print(json.dumps({"seeds": {str(seed): None if s is None else asdict(s) | {"complete": s.complete}
+                                        for seed, s in summaries.items()},
+                              "total": asdict(total) | {"complete": all(s is not None and s.complete
+                                                                        for s in summaries.values())}}, indent=2))
+        else:
+            print(render_seeds(summaries, args.jobs))
+        return 0
     layout = RunLayout(args.run_dir)
     if not layout.state_file.exists():
         raise FileNotFoundError(f"{args.run_dir}: not a run folder (no run_state.json)")

@@ -24,7 +24,7 @@ from model.cameras import FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES
 from model.drivemoe import PrefixCache
 from model.image_preprocessing import PreparedImage, to_pixel_values
 from model.policy import DrivePolicy, Observation, normalize_ego_history
-from model.skills import SKILL_NAMES
+from model.skills import expert_names
 from model.transformer import KVCache
 
 
@@ -73,11 +73,6 @@ class Counterfactual:
             "cameras": [a.as_dict() for a in self.cameras],
             "experts": [a.as_dict() for a in self.experts],
         }
-
-
-def expert_names(num_experts: int) -> tuple[str, ...]:
-    """Skill names of the action router's experts (model/skills.py order) when there are 7 of them."""
-    return SKILL_NAMES if num_experts == len(SKILL_NAMES) else tuple(f"expert {e}" for e in range(num_experts))
 
 
 def forced_view_sets(selected: list[int], num_candidates: int) -> list[list[int]]:

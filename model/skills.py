@@ -27,6 +27,12 @@ class Skill(IntEnum):
 SKILL_NAMES: tuple[str, ...] = tuple(s.name for s in Skill)
 NUM_SKILLS = len(SKILL_NAMES)
 
+
+def expert_names(num_experts: int) -> tuple[str, ...]:
+    """Names of an action router's experts: the skill names (Skill order) when there is one expert per
+    skill (7); any other count has no expert-to-skill correspondence, so the experts are "expert 0".."expert N-1"."""
+    return SKILL_NAMES if num_experts == NUM_SKILLS else tuple(f"expert {e}" for e in range(num_experts))
+
 # Most safety-critical first: an imminent-collision response beats yielding, yielding beats a
 # planned manoeuvre around an obstacle, which beats merging into flow; NORMAL only when nothing applies.
 SAFETY_PRIORITY: tuple[Skill, ...] = (

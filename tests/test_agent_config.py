@@ -52,6 +52,8 @@ def test_official_preset_sets_the_authors_behaviour_and_yaml_overrides_it(tmp_pa
         ("checkpoint: /m\ncontroller:\n  turn_pid:\n    kp: fast\n", ["controller.turn_pid.kp", "fast"]),
         ("checkpoint: /m\npreset: fastest\n", ["preset", "fastest"]),
         ("checkpoint: /m\ninference_interval: 0\n", ["inference_interval"]),
+        ("checkpoint: /m\nsave:\n  counterfactual_every: -1\n", ["save.counterfactual_every", ">= 0", "-1"]),
+        ("checkpoint: /m\nsave:\n  image_every: -5\n", ["save.image_every", "-5"]),
         ("checkpoint: /m\nplanner:\n  min_distance: 30\n", ["min_distance"]),
         ("checkpoint: [unclosed\n", ["not valid YAML"]),
         ("", ["empty"]),

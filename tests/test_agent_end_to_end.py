@@ -23,6 +23,7 @@ from agent import drivemoe_agent  # noqa: E402
 from agent.runtime.config import AgentConfigError  # noqa: E402
 from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID  # noqa: E402
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES  # noqa: E402
+from model.skills import SKILL_NAMES  # noqa: E402
 
 SAMPLE_FILES = {
     "CAM_FRONT": "example_f.jpg",
@@ -172,6 +173,7 @@ def test_agent_under_the_evaluator_calling_sequence(tmp_path, tiny_checkpoint, f
     header = json.loads((save_dir / "trace_header.json").read_text())
     assert header["format"] == "drivemoe-trace" and header["version"] == 2
     assert header["agent_config"]["device"] == "cpu" and len(header["cameras"]) == 6
+    assert header["expert_names"] == list(SKILL_NAMES)  # 7 experts: named by skill, model/skills.py order
     records = [json.loads(line) for line in lines_before_destroy]
     for k, record in enumerate(records):
         assert record["frame"] == 2 * k and record["sim_time"] == pytest.approx(0.1 * k)

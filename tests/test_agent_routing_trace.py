@@ -101,3 +101,51 @@ def test_header_records_the_preset_and_every_switch_value(tmp_path):
     assert header["preset"]["preset"] == "default"
     assert set(header["preset"]["switches"]) == set(PRESET_VALUES["default"])
     assert header["preset"]["switches"]["theta_wrap"] is False  # the value used, not the preset's
+
+
+def test_non_finite_values_are_written_as_strict_json_null_and_named(tmp_path):
+    from agent.debugger.debug_video import load_trace
+    from agent.debugger.routing_report import RouteRouting
+
+    writer = TraceWriter(tmp_path)
+    writer.write_header({"name": "tiny"}, {"preset": "default"}, "RouteScenario_1")
+    nan, inf = float("nan"), float("inf")
+    writer.append(trace_record(0, nan, inf, (0, 0), -inf, (1, 0), prediction(), {"steer": nan, "throttle": 0, "brake": 1}, {"model": inf}))
+    writer.append(trace_record(2, 0.1, 1.0, (0, 0), 0.0, (1, 0), prediction(), {"steer": 0, "throttle": 0, "brake": 1}, {}))
+    writer.close()
+    first = (tmp_path / "trace.jsonl").read_text().splitlines()[0]
+    assert "NaN" not in first and "Infinity" not in first
+    record = json.loads(first, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))  # strict parse
+    assert record["sim_time"] is None and record["speed"] is None and record["compass"] is None
+    assert record["control"]["steer"] is None and record["latency_ms"]["model"] is None
+    assert record["non_finite"] == ["sim_time", "speed", "compass", "control.steer", "latency_ms.model"]
+    trace = load_trace(tmp_path)  # the readers accept what the writer wrote
+    assert [r["frame"] for r in trace.records] == [0, 2]
+    times = RouteRouting.from_trace(trace).times
+    assert np.isnan(times[0]) and times[1] == 0.1
+    from agent.debugger.debug_video import VideoLayout, render_frame
+
+    boxes = []
+    render_frame(trace.records[0], {}, "RouteScenario_1", VideoLayout(), header=trace.header, boxes=boxes)
+    texts = [b.text for b in boxes]
+    assert "steer -" in texts and "speed -" in texts and "steer +0.00" not in texts  # unknown, not 0
+
+
+def test_header_names_experts_by_skill_only_with_one_expert_per_skill(tmp_path):
+    from agent.debugger.debug_video import expert_names_of
+    from agent.runtime.routing_trace import model_expert_names
+    from model.config import ModelConfig
+    from model.skills import SKILL_NAMES
+
+    moe = ModelConfig.preset("tiny-drivemoe")
+    assert model_expert_names(moe) == list(SKILL_NAMES)
+    five = SimpleNamespace(use_action_moe=True, action_moe=SimpleNamespace(num_experts=5))
+    assert model_expert_names(five) == [f"expert {e}" for e in range(5)]
+    assert model_expert_names(ModelConfig.preset("tiny-drivepi0")) is None
+    writer = TraceWriter(tmp_path)
+    writer.write_header({"name": "five"}, {"preset": "default"}, "r", expert_names=model_expert_names(five))
+    header = json.loads((tmp_path / "trace_header.json").read_text())
+    assert header["expert_names"] == ["expert 0", "expert 1", "expert 2", "expert 3", "expert 4"]
+    assert expert_names_of(header, 5) == header["expert_names"]
+    writer.write_header({"name": "pi0"}, {"preset": "default"}, "r")
+    assert "expert_names" not in json.loads((tmp_path / "trace_header.json").read_text())

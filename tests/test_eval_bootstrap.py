@@ -224,3 +224,35 @@ def test_traffic_signs_with_a_junction_lookup_traced_once_per_route():
     np.testing.assert_allclose(table.scores(bootstrap.counts_of(indices, 60)), table.exact_scores(indices),
                                rtol=1e-12, atol=1e-9)
     assert sorted(calls) == sorted(r for r in routes if int(r) % 5 in (0, 1))  # the Traffic_Signs routes, once each
+
+
+def test_group_mean_intervals_cover_the_mean_are_seeded_and_need_two_routes():
+    rng = np.random.default_rng(3)
+    groups = {"Town01": rng.uniform(0, 100, 40).tolist(), "Town02": [55.0] * 6, "Town03": [80.0]}
+    settings = BootstrapSettings(resamples=2000, seed=1)
+    bounds = bootstrap.group_mean_intervals(groups, settings)
+    low, high = bounds["Town01"]
+    mean = float(np.mean(groups["Town01"]))
+    assert low < mean < high
+    # the percentile interval of a mean of 40 draws: about +-1.96 standard errors
+    half = 1.96 * np.std(groups["Town01"]) / np.sqrt(40)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert bounds["Town02"] == (55.0, 55.0)  # no spread among the routes: nothing to be unsure about
+    assert bounds["Town03"] == (None, None)  # one route: nothing to resample
+    assert bootstrap.group_mean_intervals(groups, settings) == bounds
+    assert bootstrap.group_mean_intervals(groups, BootstrapSettings(resamples=2000, seed=2))["Town01"] != bounds["Town01"]
+
+
+def test_per_km_intervals_are_ratios_of_sums_over_the_drawn_routes():
+    rng = np.random.default_rng(5)
+    km = rng.uniform(0.1, 2.0, 30)
+    values = np.stack([rng.poisson(2.0 * km), 0.3 * km, np.zeros(30)], axis=1)  # events, off-road km, none
+    settings = BootstrapSettings(resamples=500, seed=7)
+    bounds = bootstrap.per_km_intervals(values, km, [True, True, False], settings)
+    # the same draws, one by one
+    indices = np.concatenate(list(bootstrap.draws(30, settings)))
+    rates = np.array([values[i, 0].sum() / km[i].sum() for i in indices])
+    assert bounds[0] == pytest.approx(tuple(np.percentile(rates, [2.5, 97.5])))
+    assert bounds[1] == pytest.approx((0.3, 0.3))  # a constant rate has a zero-width interval
+    assert bounds[2] == (0.0, 0.0)  # a sum (not per km) of zeros
+    assert bootstrap.per_km_intervals(values[:1], km[:1], [True, True, False], settings) == [(None, None)] * 3

@@ -114,3 +114,73 @@ def test_report_cli_matches_metrics(tmp_path, files, runs, capsys):
         assert_real_png(out / name)
     assert json.loads((out / "metrics.json").read_text())["driving_score"] == pytest.approx(moe.driving_score)
     assert "report.md" in capsys.readouterr().out
+
+
+def test_report_shows_the_bootstrap_intervals_in_tables_plots_and_page(tmp_path, files, runs, capsys):
+    import matplotlib.image
+
+    from bench2drive_eval.bootstrap import BootstrapSettings, group_mean_intervals, run_intervals
+    from bench2drive_eval.routes import load_routes
+
+    out, plain = tmp_path / "report", tmp_path / "plain"
+    common = [str(files["drivemoe"]), "--routes", str(files["routes"]), "--title", "DriveMoE seed 1"]
+    assert cli_main(["report", *common, "--out", str(out), "--bootstrap", "2000", "--bootstrap-seed", "4"]) == 0
+    assert "DS 74.22 [" in capsys.readouterr().out
+    moe = runs[1]
+    settings = BootstrapSettings(resamples=2000, seed=4)
+    expected = {m.metric: (m.low, m.high) for m in run_intervals(
+        "x", load_run(files["drivemoe"]), moe, settings, load_routes(files["routes"]), "v0.0.3").metrics}
+    report = (out / "report.md").read_text()
+    ds_low, ds_high = expected["driving_score"]
+    assert "| metric | value | 95% interval |" in report
+    assert f"| Driving Score | 74.22 | [{ds_low:.2f}, {ds_high:.2f}] |" in report
+    low, high = expected["infraction_penalty"]
+    assert f"| Infraction penalty | {moe.infraction_penalty:.4f} | [{low:.4f}, {high:.4f}] |" in report
+    low, high = expected["Merging"]
+    assert f"| Merging | {moe.abilities['Merging']:.2f} | [{low:.2f}, {high:.2f}] | 31/80 |" in report
+    assert "| Traffic_Signs | n/a | n/a | not computable |" in report
+    assert "2000 resamples, seed 4, 220 routes" in report
+    towns = group_mean_intervals({"Town12": [r.driving_score for r in moe.per_route if r.town == "Town12"]}, settings)
+    row = next(r for r in moe.per_town if r.name == "Town12")
+    assert (f"| Town12 | 104 | 104 | {row.successes} | {row.driving_score:.2f} | "
+            f"[{towns['Town12'][0]:.2f}, {towns['Town12'][1]:.2f}] |") in report
+    assert "mean DS 95% interval" in report.split("## Per scenario type")[1]
+    vehicles = next(l for l in report.splitlines() if l.startswith("| Collisions with vehicles |"))
+    rate, bounds = vehicles.split(" | ")[1], vehicles.split(" | ")[2].strip("[] |").split(", ")
+    assert float(rate) == pytest.approx(moe.infractions_per_km["collisions_vehicle"], abs=5e-4)
+    assert float(bounds[0]) < float(rate) < float(bounds[1])
+    saved = json.loads((out / "intervals.json").read_text())
+    assert saved["resamples"] == 2000 and saved["metrics"]["driving_score"]["low"] == pytest.approx(ds_low)
+    page = (out / "report.html").read_text()
+    assert f"[{ds_low:.2f}, {ds_high:.2f}]" in page and "mean DS 95% interval" in page
+
+    assert cli_main(["report", *common, "--out", str(plain), "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    without = (plain / "report.md").read_text()
+    assert "| metric | value |\n" in without and "interval" not in without.split("## Abilities")[1]
+    assert "No intervals (--bootstrap 0)." in without and not (plain / "intervals.json").exists()
+    for name in ("scores.png", "abilities.png", "towns.png", "infractions.png"):  # the band / error bars are drawn
+        a, b = matplotlib.image.imread(out / name), matplotlib.image.imread(plain / name)
+        assert a.shape != b.shape or (a != b).any(), name
+
+
+@pytest.mark.parametrize("count", [1, 3, 5])
+def test_per_town_legend_never_covers_a_bar(runs, count):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from bench2drive_eval import plots
+
+    metrics = [runs[i % 2] for i in range(count)]
+    fig = plots.per_town_figure(metrics, [f"a long run label number {i}" for i in range(count)])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [p.get_window_extent(renderer) for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    assert len(bars) == count * 12  # 12 towns per run
+    assert not any(legend.overlaps(bar) for bar in bars)
+    figure_box = fig.bbox
+    assert figure_box.x0 <= legend.x0 and legend.x1 <= figure_box.x1 and figure_box.y0 <= legend.y0  # not cut off
+    assert len({p.get_facecolor() for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0}) == count
+    plt.close(fig)

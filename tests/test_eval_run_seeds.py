@@ -72,6 +72,27 @@ def test_one_sub_run_per_seed_resumable_and_compared(bench, tmp_path: Path, caps
     assert refused.returncode == 2 and "was started with --seeds 0,1" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
+    # status summarises each seed's sub-run and the total; a seed not started yet is named as such.
+    status = subprocess.run([sys.executable, "-m", "bench2drive_eval", "status", str(out)], env=run_env(bench),
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.strip().splitlines()
+    assert lines[0].startswith("seed 0: routes: 3/3 done (0 failed") and lines[1].startswith("seed 1: routes: 3/3 done")
+    assert lines[-1].startswith("total (2 seeds): routes: 6/6 done (0 failed") and lines[-1].endswith("ETA -")
+    manifest["seeds"] = [0, 1, 7]
+    (out / "seeds.json").write_text(json.dumps(manifest))
+    status = subprocess.run([sys.executable, "-m", "bench2drive_eval", "status", str(out), "--json"],
+                            env=run_env(bench), capture_output=True, text=True, timeout=60)
+    summary = json.loads(status.stdout)
+    assert summary["seeds"]["7"] is None and summary["seeds"]["0"]["done"] == 3 and summary["seeds"]["1"]["complete"]
+    assert summary["total"]["done"] == 6 and summary["total"]["total"] == 6 and summary["total"]["complete"] is False
+    assert summary["total"]["eta_s"] is None  # seed 7's routes are not known yet
+    text = subprocess.run([sys.executable, "-m", "bench2drive_eval", "status", str(out), "--jobs"],
+                          env=run_env(bench), capture_output=True, text=True, timeout=60).stdout
+    assert "seed 7: not started" in text and "total (3 seeds, 1 not started)" in text and "  job" in text
+    manifest["seeds"] = [0, 1]
+    (out / "seeds.json").write_text(json.dumps(manifest))
+
     # compare reads the multi-seed folder as a group.
     assert cli_main(["compare", "--a", str(out), "--b", str(out / "seed_0"), "--routes", str(routes),
                      "--bootstrap", "200", "--json"]) == 0

@@ -69,4 +69,5 @@ def test_bench2drive_eval_report_page_renders(tmp_path, drivemoe_reference, benc
     results = drivemoe_reference / "official_results" / "drivemoe_base_bf16_seed1.json"
     assert eval_main(["report", str(results), "--routes", str(bench2drive_shared / "routes" / "bench2drive220.xml"),
                       "--out", str(out), "--title", "DriveMoE seed 1"]) == 0
-    check_page(out / "report.html", min_images=4, expect=["DriveMoE seed 1", "Driving Score", "Lowest-scoring routes"])
+    check_page(out / "report.html", min_images=4, expect=["DriveMoE seed 1", "Driving Score", "Lowest-scoring routes",
+                                                          "95% interval", "mean DS 95% interval"])

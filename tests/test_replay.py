@@ -217,3 +217,39 @@ def test_replay_decodes_dataset_jpegs_once(demo_clip, model_dir, tmp_path):
     for frame, chw in zip(frames, seen):
         expected = prepare_camera_image(clip.read_image(FRONT, frame), policy.image_size, jpeg_quality=None)
         np.testing.assert_array_equal(chw, expected.chw)
+
+
+def test_bad_annotation_speed_is_held_or_braked_never_zero(demo_clip, model_dir, tmp_path, capsys):
+    import shutil
+
+    clip = tmp_path / demo_clip.clip_dir.name
+    shutil.copytree(demo_clip.clip_dir, clip)
+    b2d = B2DClip(clip)
+    original = {f: b2d.annotation(f) for f in range(14)}
+    assert all(original[f]["speed"] > 0.5 for f in range(1, 6))
+
+    def rewrite(frame: int, change) -> None:
+        annotation = dict(original[frame])
+        change(annotation)
+        path = b2d.annotation_path(frame)
+        path.write_bytes(gzip.compress(json.dumps(annotation).encode()))  # json writes NaN as a bare NaN, as a careless writer would
+
+    rewrite(0, lambda a: a.pop("speed"))  # nothing valid yet: the agent brakes
+    rewrite(3, lambda a: a.update(speed=float("nan")))
+    rewrite(4, lambda a: a.update(speed=None))
+    out = tmp_path / "r"
+    assert drivemoe_main(["replay", "--clip", str(clip), "--model", str(model_dir), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    name = clip.name
+    assert f"clip {name} frame(s) [0]: field 'speed' unusable (missing" in err
+    assert f"clip {name} frame(s) [3]: field 'speed' unusable (not_finite" in err
+    assert f"clip {name} frame(s) [4]: field 'speed' unusable (none" in err
+    lines = {l["frame"]: l for l in _trace(out)}
+    assert 0 not in lines and 1 in lines  # frame 0 is skipped: braked, no inference, as the live agent does
+    faults = [json.loads(l) for l in (out / "faults.jsonl").read_text().splitlines()]
+    braked = [f for line in faults for f in line["faults"] if f["sensor"] == "SPEED" and f["action"] == "brake"]
+    assert braked and braked[0]["kind"] == "missing" and faults[0]["control"]["brake"] == 1.0
+    for frame in (3, 4):  # the last valid speed (frame 2's), not 0
+        assert lines[frame]["speed"] == pytest.approx(original[2]["speed"])
+        assert any(f["sensor"] == "SPEED" and f["action"] == "held" for f in lines[frame]["faults"])
+    assert lines[5]["speed"] == pytest.approx(original[5]["speed"]) and "faults" not in lines[5]

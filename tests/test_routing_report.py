@@ -143,3 +143,21 @@ def test_dense_model_trace_reports_no_choices(tmp_path):
     assert set(result.numbers["camera_counts"].values()) == {0}
     assert "top_expert_accuracy" not in result.numbers and "skill_router_accuracy" not in result.numbers and "camera_accuracy" not in result.numbers
     assert result.numbers["routes"][CUTIN]["flips"] == 0
+
+
+def test_a_scenario_type_without_ability_says_why_instead_of_an_empty_cell(tmp_path):
+    # The demo's lane change: LaneChange is a Bench2Drive dataset clip type, but not one of the route
+    # scenario types of bench2drive220.xml that tools/ability_benchmark.py maps to abilities.
+    lane = "LaneChange_Town00_Route1000001_Weather0"
+    write_synthetic_trace(tmp_path / "run" / lane, lines=4, save_name=lane, with_images=False)
+    header_path = tmp_path / "run" / lane / "trace_header.json"
+    header = json.loads(header_path.read_text()) if header_path.is_file() else {"format": "drivemoe-trace", "version": 2}
+    header["scenario_type"] = "LaneChange"
+    header_path.write_text(json.dumps(header))
+    result = build_report([tmp_path / "run" / lane], tmp_path / "report", progress=False)
+    entry = result.numbers["routes"][lane]
+    assert entry["scenario_type"] == "LaneChange" and entry["abilities"] == []
+    why = "none (LaneChange is not a Bench2Drive route scenario type of tools/ability_benchmark.py)"
+    row = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith(f"| {lane} |"))
+    assert row.split(" | ")[2] == why
+    assert why in (tmp_path / "report" / "report.html").read_text()

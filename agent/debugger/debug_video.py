@@ -492,10 +492,13 @@ def _draw_status(panel: np.ndarray, painter: Painter, origin: tuple[int, int], r
     painter.text("speed " + ("-" if speed is None else f"{speed:.2f} m/s"), ox + 8, oy + 46, 13, background=None)
     y = 70
     for name, lo in (("steer", -1.0), ("throttle", 0.0), ("brake", 0.0)):
-        value = _number(control.get(name)) or 0.0
-        painter.text(f"{name} {value:+.2f}", ox + 8, oy + y - 1, 12, background=None)
+        value = _number(control.get(name))
+        painter.text(f"{name} " + ("-" if value is None else f"{value:+.2f}"), ox + 8, oy + y - 1, 12, background=None)
         x0, x1 = 120, width - 12
         cv2.rectangle(panel, (x0, y), (x1, y + 12), (80, 80, 80), 1)
+        if value is None:  # not recorded (null in the trace): an empty bar, not a bar at 0
+            y += 22
+            continue
         zero = x0 if lo == 0.0 else (x0 + x1) // 2
         end = int(zero + (value if lo == 0.0 else value / 2) * (x1 - x0))
         cv2.rectangle(panel, (min(zero, end), y), (max(zero, end), y + 12), CONTROL_COLOR, -1)

@@ -6,7 +6,8 @@ every 2nd tick line up with the dataset frames exactly: inference k sees frame k
 frames k-4..k and CAM_FRONT_PREVIOUS is frame k-1, as in training. Sensor values come from the
 annotation: GNSS from (x, y) through the leaderboard's Mercator projection with CARLA's default
 geoReference (agent/runtime/localization.py inverts it), IMU from acceleration, angular_velocity and the
-compass-style `theta`, speed from `speed`; cameras are read from the clip only when the policy asks
+compass-style `theta`, speed from `speed` (a missing or unusable one reaches the stack as such: its
+sensor guard holds the last valid speed or brakes, and the replay warns naming clip, frames and field); cameras are read from the clip only when the policy asks
 (BGR frames; the stack's JPEG round trip at the agent's quality runs as live).
 
 The global route (`--route`): `commands` (default) is the first ego position followed by the clip's
@@ -101,11 +102,11 @@ class ClipTick(Mapping):
         lat, lon = world_to_gps(np.array([x, y]), reference)
         theta = annotation.get("theta")
         compass = float(theta) if _finite(theta) else float("nan")  # NaN is held over by the localiser
-        speed = annotation.get("speed")
         self._values: dict[str, Any] = {
             GNSS_ID: (frame, np.array([lat, lon, 0.0])),
             IMU_ID: (frame, np.array(_vector(annotation.get("acceleration"), 3) + _vector(annotation.get("angular_velocity"), 3) + [compass])),
-            SPEED_ID: (frame, {"speed": float(speed) if _finite(speed) else 0.0}),
+            # the raw value, bad or absent too: the stack's SensorGuard holds the last valid speed or brakes
+            SPEED_ID: (frame, {"speed": annotation["speed"]} if "speed" in annotation else {}),
         }
         self._cameras = {c.name for c in BENCH2DRIVE_CAMERAS}
 
@@ -210,6 +211,21 @@ def _scenario_skill(clip_name: str) -> tuple[str | None, int | None, tuple[str, 
         return scenario, None, SKILL_NAMES
 
 
+def speed_warnings(clip_name: str, annotations: dict[int, dict]) -> list[str]:
+    """One warning per kind of unusable annotation speed (missing, None, NaN, ...), naming clip, field and
+    frames. The frames are still replayed: the stack's sensor guard decides (agent/runtime/sensor_guard.py)."""
+    from agent.runtime.sensor_guard import MAX_HELD_TICKS, speed_problem
+
+    bad: dict[str, tuple[list[int], str]] = {}
+    for frame, annotation in sorted(annotations.items()):
+        problem = ("missing", "no 'speed' key") if "speed" not in annotation else speed_problem(annotation["speed"])
+        if problem is not None:
+            bad.setdefault(problem[0], ([], problem[1]))[0].append(frame)
+    return [f"clip {clip_name} frame(s) {frames}: field 'speed' unusable ({kind}: {detail}); never read as 0: "
+            f"the agent holds the last valid speed for up to {MAX_HELD_TICKS} ticks, then brakes"
+            for kind, (frames, detail) in bad.items()]
+
+
 def _read_frames(clip: B2DClip, skip: bool) -> tuple[dict[int, dict], list[int], list[str]]:
     """Good annotations by frame, skipped frames, warnings; raise ClipError on the first bad frame unless skip."""
     good: dict[int, dict] = {}
@@ -257,6 +273,7 @@ def run_replay(
     clip = B2DClip(clip_dir)
     labels = load_camera_labels(camera_labels) if camera_labels is not None else None
     annotations, skipped, warnings = _read_frames(clip, config.skip_bad_frames)
+    warnings += speed_warnings(clip.name, annotations)
     for message in warnings:
         warn(message)
     frames = sorted(annotations)

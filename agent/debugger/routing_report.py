@@ -72,6 +72,16 @@ def abilities_of(scenario_type: str | None) -> list[str]:
     return [name for name, types in _ABILITIES.items() if scenario_type in types]
 
 
+def abilities_cell(scenario_type: str | None, abilities: Sequence[str]) -> str:
+    """The routes table's abilities cell; when empty, why (never a blank cell)."""
+    if abilities:
+        return ", ".join(abilities)
+    if scenario_type is None:
+        return "none (scenario type unknown)"
+    # e.g. the demo's LaneChange: a Bench2Drive training-clip type, but none of the 44 evaluation route types
+    return f"none ({scenario_type} is not a Bench2Drive route scenario type of tools/ability_benchmark.py)"
+
+
 def chosen_camera(record: dict[str, Any]) -> str | None:
     router = record.get("camera_router")
     if not router or not router.get("selected"):
@@ -172,7 +182,8 @@ class RouteRouting:
             name=trace.save_name,
             scenario_type=scenario_type_of(trace),
             frames=[int(r["frame"]) for r in records],
-            times=[float(r.get("sim_time", r["frame"])) for r in records],
+            times=[float("nan") if r.get("sim_time", r["frame"]) is None else float(r.get("sim_time", r["frame"]))
+                   for r in records],  # null: the writer could not record the time (`non_finite`)
             positions=[tuple(r["position"]) if r.get("position") else None for r in records],
             cameras=[chosen_camera(r) for r in records],
             experts=[final_expert(r) for r in records],
@@ -549,7 +560,7 @@ def _markdown(numbers: dict[str, Any], pngs: Sequence[Path], window: float) -> s
     for name, entry in numbers["routes"].items():
         link = " ".join(([f"[png]({entry['timeline_png']})"] if "timeline_png" in entry else [])
                         + [f"[{text}]({href})" for text, href in entry.get("links", {}).items()])
-        lines.append(f"| {name} | {entry['scenario_type']} | {', '.join(entry['abilities'])} | {entry['inferences']} | "
+        lines.append(f"| {name} | {entry['scenario_type']} | {abilities_cell(entry['scenario_type'], entry['abilities'])} | {entry['inferences']} | "
                      f"{entry['flips']} | " + " | ".join(str(entry["camera_counts"][c]) for c in candidates) + f" | {link} |")
     lines += ["", "## Infractions and the camera flips before them", ""]
     if numbers["infractions"]:
@@ -611,7 +622,7 @@ def _html_sections(numbers: dict[str, Any], pngs: Sequence[Path], window: float)
     rows = []
     for name, entry in numbers["routes"].items():
         links = " ".join(h.link(href, text) for text, href in entry.get("links", {}).items())
-        rows.append((name, entry["scenario_type"], ", ".join(entry["abilities"]), entry["inferences"], entry["flips"],
+        rows.append((name, entry["scenario_type"], abilities_cell(entry["scenario_type"], entry["abilities"]), entry["inferences"], entry["flips"],
                      *[entry["camera_counts"][c] for c in candidates], entry.get("max_sensitivity_m", "-"), links))
     parts.append(h.section("Routes", h.table(["route", "scenario", "abilities", "inferences", "flips",
                                               *[c.replace("CAM_", "") for c in candidates], "max sensitivity (m)", "links"],

@@ -205,6 +205,8 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
         "controller.min_aim_norm": config.controller.min_aim_norm,
         "controller.steer_standstill_speed": config.controller.steer_standstill_speed,
         "controller.initial_brake_ticks": config.controller.initial_brake_ticks,
+        "save.image_every": config.save.image_every,
+        "save.counterfactual_every": config.save.counterfactual_every,  # 0 is "off"; a negative N is a typo, not "off"
     }
     for name, value in non_negative.items():
         if not value >= 0 or not math.isfinite(value):

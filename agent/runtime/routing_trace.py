@@ -39,6 +39,27 @@ def _floats(values: Any) -> Any:
     return clean(out)
 
 
+def strict_json_record(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with every non-finite float replaced by null and the replaced fields' paths listed under
+    `non_finite` (e.g. ["sim_time", "control.steer"]), so the line is strict JSON and the gap is visible."""
+    paths: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not np.isfinite(value):
+            paths.append(path)
+            return None
+        return value
+
+    cleaned = clean(record, "")
+    if paths:
+        cleaned["non_finite"] = [*cleaned.get("non_finite", []), *paths]
+    return cleaned
+
+
 def camera_router_record(prediction: Any) -> dict[str, Any] | None:
     """The `camera_router` object of a trace line, or None for Drive-pi0 (no router outputs)."""
     probs = getattr(prediction, "camera_probs", None)
@@ -111,6 +132,16 @@ def _preset_switches(agent_config: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+def model_expert_names(model_config: Any) -> list[str] | None:
+    """The header's `expert_names` for a model config: skill names with 7 experts, "expert i" otherwise,
+    None without an action router (Drive-pi0)."""
+    from model.skills import expert_names
+
+    if not getattr(model_config, "use_action_moe", False):
+        return None
+    return list(expert_names(int(model_config.action_moe.num_experts)))
+
+
 class TraceWriter:
     """Appends trace lines to <folder>/trace.jsonl, flushing each; writes the header once.
 
@@ -139,23 +170,24 @@ class TraceWriter:
             header.rename(self.folder / f"trace_header.previous-{number}.json")
         return kept
 
-    def write_header(self, model: dict[str, Any], agent_config: dict[str, Any], save_name: str | None) -> None:
-        write_json_atomic(
-            self.folder / HEADER_FILE,
-            {
-                "format": "drivemoe-trace",
-                "version": TRACE_VERSION,
-                "model": model,
-                "agent_config": agent_config,
-                "preset": _preset_switches(agent_config),
-                "cameras": [dataclasses.asdict(c) for c in BENCH2DRIVE_CAMERAS],
-                "save_name": save_name,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            },
-        )
+    def write_header(self, model: dict[str, Any], agent_config: dict[str, Any], save_name: str | None,
+                     expert_names: list[str] | None = None) -> None:
+        header = {
+            "format": "drivemoe-trace",
+            "version": TRACE_VERSION,
+            "model": model,
+            "agent_config": agent_config,
+            "preset": _preset_switches(agent_config),
+            "cameras": [dataclasses.asdict(c) for c in BENCH2DRIVE_CAMERAS],
+            "save_name": save_name,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if expert_names is not None:
+            header["expert_names"] = list(expert_names)
+        write_json_atomic(self.folder / HEADER_FILE, header)
 
     def append(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record) + "\n")
+        self._handle.write(json.dumps(strict_json_record(record), allow_nan=False) + "\n")
         self._handle.flush()
         self.lines += 1
 

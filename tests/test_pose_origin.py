@@ -13,6 +13,7 @@ from agent.runtime.localization import GeoReference, Localizer, ego_offset_to_wo
 from agent.runtime.sensor_frames import IMU_GNSS_POSE, gnss_mount_offset, leaderboard_sensors
 from agent.runtime.stack import AgentStack
 from model.dataset.b2d_clip import B2DClip
+from model.ego_state import world_to_ego
 from tests.b2d_synth import SynthClip, ego_track, frame_annotation, gnss_positions, write_clip
 
 REF = GeoReference()
@@ -71,9 +72,8 @@ def test_replay_gnss_is_the_antenna_of_the_ego_box():
     assert antenna_position(bad_theta) == (annotation["x"], annotation["y"])
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.histories = []
+class _Standing:
+    """A policy whose controls are never looked at."""
 
     def predict(self, observation: dict) -> object:
         return type("Prediction", (), {"waypoints": np.zeros((10, 2))})
@@ -89,7 +89,7 @@ def test_replayed_stack_sees_the_vehicle_origin_with_default(tmp_path, preset):
     antennas = gnss_positions(spec)
     config = agent_config_from_dict({"checkpoint": "m", "preset": preset, "test_time_augmentation": False, "jpeg_quality": None})
     route = np.array([boxes[0], boxes[-1]])
-    stack = AgentStack(config, _Recorder(), route, REF, image_size=16, observation_factory=dict)
+    stack = AgentStack(config, _Standing(), route, REF, image_size=16, observation_factory=dict)
     expected = boxes if preset == "default" else antennas
     errors = []
     for frame in clip.frame_indices:
@@ -100,3 +100,20 @@ def test_replayed_stack_sees_the_vehicle_origin_with_default(tmp_path, preset):
     assert max(errors) <= 1e-6
     records = stack.history.selected_records()  # the history the last inference used: frames 11..15
     assert np.allclose([[r.x, r.y] for r in records], expected[-5:], atol=1e-6)
+
+
+def test_replay_ground_truth_waypoints_are_the_training_targets():
+    """The replay's scoring target of a frame equals the training window's actions (ego box positions)."""
+    from agent.debugger.replay_scoring import future_waypoints
+    from model.training.windows import build_window, read_frame, window_starts
+
+    spec = SynthClip(num_frames=24, yaw_rate=0.6, standing_frames=1)
+    annotations = {i: frame_annotation(spec, i) for i in range(spec.num_frames)}
+    frames = [read_frame(annotations[i]) for i in range(spec.num_frames)]
+    for t in window_starts(spec.num_frames):
+        _, actions = build_window(frames, t)
+        np.testing.assert_allclose(future_waypoints(annotations, t, 10), actions, atol=1e-5)
+    no_box = {i: {**a, "bounding_boxes": []} if i == 5 else a for i, a in annotations.items()}
+    antenna_track = future_waypoints(no_box, 0, 10)  # one frame without a box: all from x, y
+    xy = gnss_positions(spec)[:10]
+    np.testing.assert_allclose(antenna_track, world_to_ego(xy, xy[0], annotations[0]["theta"]), atol=1e-9)

@@ -131,7 +131,7 @@ class Pose:
     gnss_valid: bool  # False: position held from an earlier tick
     compass_valid: bool  # False: compass held from an earlier tick (or zero)
     relocalised: bool = False  # the position was re-acquired after a gap or a confirmed jump
-    moved: float = 0.0  # metres from the previous pose (for the planner's search after relocalising)
+    moved: float = 0.0  # metres the GNSS fix moved since the previous tick (the planner's search after relocalising)
     faults: tuple[Fault, ...] = ()  # rejected readings of this tick
 
     @property

@@ -1,6 +1,6 @@
 """Closed loop without CARLA: a 20 Hz kinematic bicycle driven by the agent stack on all 220 routes.
 
-The stack (localisation from synthesised GNSS/compass, route planner, ego history, controller) runs
+The stack (localisation from synthesised GNSS at the antenna mount and compass, route planner, ego history, controller) runs
 exactly as in the agent; only the policy is an oracle that returns ideal waypoints along the route.
 Route geometry: the keypoints of bench2drive220.xml, resampled to 1 m and smoothed (sigma 3 m) because
 the keypoints are up to 176 m apart with kinks of up to 81 degrees that no car can follow exactly (the
@@ -142,11 +142,10 @@ def antenna(car: "Car") -> tuple[float, float]:
     return car.x + dx, car.y + dy
 
 
-def drive_route(path: np.ndarray, plan: str, config: AgentConfig, gnss_at_mount: bool = False,
+def drive_route(path: np.ndarray, plan: str, config: AgentConfig,
                 on_tick=None, shadow: "AgentStack | None" = None) -> tuple[float, float, int]:
-    """(completion %, max cross-track error m, ticks) for one route.
+    """(completion %, max cross-track error m, ticks) for one route; the GNSS reads the antenna, as in CARLA.
 
-    `gnss_at_mount`: the GNSS reads the antenna position, as in CARLA (else the vehicle origin).
     `on_tick(tick, stack, car_before)` is called after every tick; `shadow` (a stack built by
     `shadow(route_xy, solved)`) is fed the same sensor data and its controls are ignored.
     """
@@ -163,7 +162,7 @@ def drive_route(path: np.ndarray, plan: str, config: AgentConfig, gnss_at_mount:
     max_ticks = int(4 * oracle.arc[-1] / 2.0 / DT) + 400
     tick = 0
     for tick in range(max_ticks):
-        gnss = location_to_gps(ref.lat_ref, ref.lon_ref, *(antenna(car) if gnss_at_mount else (car.x, car.y)))
+        gnss = location_to_gps(ref.lat_ref, ref.lon_ref, *antenna(car))
         compass = float("nan") if tick < 3 else yaw_to_compass(car.yaw)  # NaN in the first frames, as CARLA
         imu = np.array([car.accel, car.v * car.yaw_rate, 9.81, 0.0, 0.0, car.yaw_rate, compass])
         data = {GNSS_ID: (tick, np.array([gnss["lat"], gnss["lon"], 0.0])), IMU_ID: (tick, imu), SPEED_ID: (tick, {"speed": car.v})}
@@ -250,7 +249,7 @@ def test_pose_is_the_vehicle_origin_with_default_and_the_antenna_with_official(b
         errors.append(math.dist(pose, localised(stack, truth)))
         turning += abs(car.yaw_rate) > 0.1
 
-    completion, _, ticks = drive_route(smooth_path(keypoints), "sparse", config, gnss_at_mount=True, on_tick=check)
+    completion, _, ticks = drive_route(smooth_path(keypoints), "sparse", config, on_tick=check)
     print(f"\n{preset}: route {route_id}, {ticks} ticks ({turning} turning faster than 0.1 rad/s): "
           f"max |pose - {'origin' if preset == 'default' else 'antenna'}| {max(errors):.2e} m")
     assert completion >= 99.9 and turning > 100
@@ -300,7 +299,7 @@ def pose_origin_effect(routes: list[tuple[str, np.ndarray]], plan: str) -> dict[
             goal_differs += not same[-1]
             inferences += 1
 
-        drive_route(smooth_path(keypoints), plan, config, gnss_at_mount=True, on_tick=compare, shadow=make_shadow)
+        drive_route(smooth_path(keypoints), plan, config, on_tick=compare, shadow=make_shadow)
     shift = np.array(goal_shift)
     return {
         "routes": len(routes), "inferences": inferences, "goal_target_differs": goal_differs / inferences,

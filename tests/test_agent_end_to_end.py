@@ -21,7 +21,7 @@ from leaderboard.utils.route_manipulation import RoadOption, location_to_gps  # 
 
 from agent import drivemoe_agent  # noqa: E402
 from agent.runtime.config import AgentConfigError  # noqa: E402
-from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID  # noqa: E402
+from agent.runtime.sensor_frames import GNSS_ID, IMU_GNSS_POSE, IMU_ID, SPEED_ID  # noqa: E402
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS, ROUTER_CANDIDATES  # noqa: E402
 from model.skills import SKILL_NAMES  # noqa: E402
 
@@ -82,7 +82,7 @@ def route_plans(length: int = 300):
 
 
 def tick_data(frames, tick: int, x: float, compass: float, drop_gnss: bool = False) -> dict:
-    gnss = location_to_gps(42.0, 2.0, x, 0.0)
+    gnss = location_to_gps(42.0, 2.0, x + IMU_GNSS_POSE["x"], 0.0)  # the antenna, 1.4 m behind the car facing east
     data = {name: (tick, frame) for name, frame in frames.items()}
     data[IMU_ID] = (tick, np.array([0.1, 0.0, 9.81, 0.0, 0.0, 0.0, compass]))
     data[SPEED_ID] = (tick, {"speed": 2.0})

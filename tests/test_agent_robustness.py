@@ -21,7 +21,7 @@ import pytest
 from agent.runtime.config import agent_config_from_dict
 from agent.runtime.localization import GeoReference, Localizer, world_to_gps
 from agent.runtime.routing_trace import TraceWriter
-from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID, prepare_sensor_frame
+from agent.runtime.sensor_frames import GNSS_ID, IMU_GNSS_POSE, IMU_ID, SPEED_ID, prepare_sensor_frame
 from agent.runtime.sensor_guard import FAULTS_FILE, MAX_HELD_TICKS
 from agent.runtime.stack import AgentStack
 from model.cameras import BENCH2DRIVE_CAMERAS, FRONT, FRONT_PREVIOUS
@@ -41,7 +41,8 @@ def good_frame(tick: int, height: int = 9, width: int = 16) -> np.ndarray:
 
 def tick_data(tick: int, x: float | None = None, speed=SPEED, compass=math.pi / 2, lat_lon=None) -> dict:
     x = SPEED * 0.05 * tick if x is None else x
-    gnss = world_to_gps(np.array([x, 0.0]), REF) if lat_lon is None else np.array(lat_lon)
+    antenna = x + IMU_GNSS_POSE["x"]  # the GNSS sits 1.4 m behind the car, which faces east
+    gnss = world_to_gps(np.array([antenna, 0.0]), REF) if lat_lon is None else np.array(lat_lon)
     data = {name: (tick, good_frame(tick)) for name in CAMERAS}
     data[GNSS_ID] = (tick, np.array([gnss[0], gnss[1], 0.0]))
     data[IMU_ID] = (tick, np.array([0, 0, 9.8, 0, 0, 0, compass]))

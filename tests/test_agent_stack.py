@@ -9,7 +9,7 @@ import numpy as np
 
 from agent.runtime.config import agent_config_from_dict
 from agent.runtime.localization import GeoReference, world_to_gps
-from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
+from agent.runtime.sensor_frames import GNSS_ID, IMU_GNSS_POSE, IMU_ID, SPEED_ID
 from agent.runtime.stack import AgentStack
 from agent.runtime.routing_trace import TraceWriter
 from model.cameras import FRONT, FRONT_PREVIOUS
@@ -34,7 +34,7 @@ class FrontReader:
 def tick_data(tick: int, ref: GeoReference) -> dict:
     frame = np.full((9, 16, 4), 255, dtype=np.uint8)
     frame[..., 0] = tick * 10 % 256  # each tick's front looks different
-    gnss = world_to_gps(np.array([0.25 * tick, 0.0]), ref)
+    gnss = world_to_gps(np.array([0.25 * tick + IMU_GNSS_POSE["x"], 0.0]), ref)  # antenna behind the car, which faces east
     return {
         FRONT: (tick, frame),
         GNSS_ID: (tick, np.array([gnss[0], gnss[1], 0.0])),

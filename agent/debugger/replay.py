@@ -4,8 +4,10 @@ Each 10 Hz clip frame becomes two 20 Hz ticks of the leaderboard's `input_data` 
 copy 0.05 s later), so the stack's clock, its 10 Hz ego history (every 2nd tick) and its inference
 every 2nd tick line up with the dataset frames exactly: inference k sees frame k, the history holds
 frames k-4..k and CAM_FRONT_PREVIOUS is frame k-1, as in training. Sensor values come from the
-annotation: GNSS from (x, y) through the leaderboard's Mercator projection with CARLA's default
-geoReference (agent/runtime/localization.py inverts it), IMU from acceleration, angular_velocity and the
+annotation: GNSS as a receiver at the agent's antenna mount would read it (the ego box location, the
+vehicle origin the training windows use, moved back by the mount offset along `theta`; the annotated
+`x`, `y` when there is no usable ego box) through the leaderboard's Mercator projection with CARLA's
+default geoReference (agent/runtime/localization.py inverts it), IMU from acceleration, angular_velocity and the
 compass-style `theta`, speed from `speed` (a missing or unusable one reaches the stack as such: its
 sensor guard holds the last valid speed or brakes, and the replay warns naming clip, frames and field); cameras are read from the clip only when the policy asks
 (BGR frames; the stack's JPEG round trip at the agent's quality runs as live).
@@ -36,14 +38,15 @@ import numpy as np
 
 from agent.debugger.counterfactual_hook import CounterfactualHook
 from agent.runtime.config import AgentConfig, agent_config_from_dict
-from agent.runtime.localization import GeoReference, world_to_gps
+from agent.runtime.localization import GeoReference, ego_offset_to_world, world_to_gps
 from agent.debugger.replay_scoring import FramePrediction, score_replay
-from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID
+from agent.runtime.sensor_frames import GNSS_ID, IMU_ID, SPEED_ID, gnss_mount_offset
 from agent.runtime.stack import AgentStack
 from agent.runtime.routing_trace import TraceWriter
 from bench2drive_eval.jsonio import read_json, write_json_atomic
 from model.cameras import BENCH2DRIVE_CAMERAS, router_class_of_label
 from model.dataset.b2d_clip import B2DClip, ClipError
+from model.training.windows import _ego_position as ego_box_position
 
 LOGGER = logging.getLogger(__name__)
 DATASET_HZ = 10.0
@@ -92,14 +95,25 @@ def _vector(value: Any, n: int) -> list[float]:
     return [float(v) if math.isfinite(v) else 0.0 for v in array[:n]] if array.shape[0] >= n else [0.0] * n
 
 
+def antenna_position(annotation: dict) -> tuple[float, float]:
+    """World (x, y) of the GNSS antenna: the ego box location (the vehicle origin, read as the training
+    windows read it) plus the mount offset turned by the compass `theta`; the annotated `x`, `y`
+    (GNSS-derived) when the box or theta is unusable."""
+    origin, problem = ego_box_position(annotation)
+    theta = annotation.get("theta")
+    if problem is not None or not _finite(theta):
+        return float(annotation["x"]), float(annotation["y"])
+    dx, dy = ego_offset_to_world(*gnss_mount_offset(), float(theta))
+    return origin[0] + dx, origin[1] + dy
+
+
 class ClipTick(Mapping):
     """One tick of leaderboard-style `input_data` built from a clip frame; cameras decoded on demand."""
 
     def __init__(self, clip: B2DClip, frame: int, annotation: dict, reference: GeoReference) -> None:
         self.clip = clip
         self.frame = frame
-        x, y = float(annotation["x"]), float(annotation["y"])
-        lat, lon = world_to_gps(np.array([x, y]), reference)
+        lat, lon = world_to_gps(np.array(antenna_position(annotation)), reference)
         theta = annotation.get("theta")
         compass = float(theta) if _finite(theta) else float("nan")  # NaN is held over by the localiser
         self._values: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """Scores of a replay against the clip's ground truth: waypoint ADE/FDE, camera- and skill-router accuracy.
 
-Ground-truth waypoints of frame k are the clip's ego positions at frames k, k+1, ..., k+H-1 (10 Hz)
-expressed in the ego frame of frame k (model.ego_state.world_to_ego with frame k's compass-style
+Ground-truth waypoints of frame k are the clip's ego positions at frames k, k+1, ..., k+H-1 (10 Hz;
+the ego box locations, as the training windows read them, or the annotated GNSS-derived `x`, `y` of
+all H frames when one of them has no usable ego box) expressed in the ego frame of frame k (model.ego_state.world_to_ego with frame k's compass-style
 `theta`), so the first is the origin, exactly like the training targets. ADE averages the
 Euclidean error over the H-1 future points (the current point is 0 in both), FDE is the error of
 the last point. A frame is scored only when all H frames exist and are good.
@@ -20,6 +21,7 @@ import numpy as np
 
 from model.cameras import ROUTER_CANDIDATES, router_class_of_label
 from model.ego_state import world_to_ego
+from model.training.windows import _ego_position as ego_box_position
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,11 @@ def future_waypoints(annotations: Mapping[int, dict], frame: int, horizon: int) 
     theta = current.get("theta")
     if theta is None or not np.isfinite(theta):
         return None
-    world = np.array([[annotations[f]["x"], annotations[f]["y"]] for f in frames], dtype=np.float64)
+    boxes = [ego_box_position(annotations[f]) for f in frames]
+    if all(problem is None for _, problem in boxes):
+        world = np.array([xy for xy, _ in boxes], dtype=np.float64)
+    else:  # never mix the two points: they lie 1.4 m apart
+        world = np.array([[annotations[f]["x"], annotations[f]["y"]] for f in frames], dtype=np.float64)
     return world_to_ego(world, world[0], float(theta))
 
 

@@ -24,6 +24,7 @@ PLAN_SOURCES: tuple[str, ...] = ("sparse", "dense")
 INFERENCE_STARTS: tuple[str, ...] = ("first_tick", "after_initial_brake")
 JPEG_CHANNELS: tuple[str, ...] = ("rgb", "authors_swapped")
 AIM_ORIGINS: tuple[str, ...] = ("first_waypoint", "ego")
+POSE_ORIGINS: tuple[str, ...] = ("vehicle", "gnss_mount")
 
 
 class AgentConfigError(ValueError):
@@ -119,6 +120,7 @@ class AgentConfig:
     theta_wrap: bool = True  # ego-history heading differences wrapped into [-pi, pi)
     jpeg_channels: str = "rgb"  # authors_swapped: the JPEG round trip sees R and B swapped, as in their agent
     desired_speed_mode: str = "half_second"
+    pose_origin: str = "vehicle"  # the point the pose describes: vehicle origin (training data) or GNSS antenna
     controller: ControllerConfig = ControllerConfig()
     planner: PlannerConfig = PlannerConfig()
     save: SaveConfig = SaveConfig()
@@ -139,6 +141,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         "theta_wrap": True,
         "jpeg_channels": "rgb",
         "desired_speed_mode": "half_second",
+        "pose_origin": "vehicle",
         "controller": {"aim_origin": "first_waypoint", "min_aim_norm": 0.5, "creep": {"enabled": True}},
         "planner": {"plan": "sparse"},
     },
@@ -151,6 +154,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         "theta_wrap": False,
         "jpeg_channels": "authors_swapped",
         "desired_speed_mode": "official",
+        "pose_origin": "gnss_mount",
         "controller": {"aim_origin": "ego", "min_aim_norm": 0.0, "creep": {"enabled": False}},
         "planner": {"plan": "dense"},
     },
@@ -187,6 +191,7 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
         "inference_start": (config.inference_start, INFERENCE_STARTS),
         "jpeg_channels": (config.jpeg_channels, JPEG_CHANNELS),
         "controller.aim_origin": (config.controller.aim_origin, AIM_ORIGINS),
+        "pose_origin": (config.pose_origin, POSE_ORIGINS),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:

@@ -16,6 +16,10 @@ The last valid value is held (zero before any) and the reading is reported as a 
 per kind by agent/runtime/sensor_guard.py). A jump that the following JUMP_CONFIRM_READINGS readings
 all agree with is real (the car was moved): it is accepted and the pose is marked `relocalised`, as is
 the first valid position after a gap, so that the route planner can find its place again.
+The GNSS reads the position of its antenna. Given the antenna's `mount_offset` (forward, right metres
+from the vehicle origin, rigid on the car) the localiser reports the vehicle origin instead: the fix
+minus the offset turned by the compass heading. Before the first valid compass the heading is unknown
+and the fix is reported unshifted (at most |offset| off, during the initial brake).
 """
 from __future__ import annotations
 
@@ -105,6 +109,13 @@ def compass_to_yaw(compass: float) -> float:
     return (compass - math.pi / 2.0 + math.pi) % (2.0 * math.pi) - math.pi
 
 
+def ego_offset_to_world(forward: float, right: float, compass: float) -> tuple[float, float]:
+    """A vector given in the ego frame (x forward, y right; metres) in CARLA world axes (x east, y south)."""
+    yaw = compass - math.pi / 2.0
+    c, s = math.cos(yaw), math.sin(yaw)
+    return forward * c - right * s, forward * s + right * c
+
+
 def yaw_to_compass(yaw: float) -> float:
     """CARLA yaw (rad) -> IMU compass (rad, in [0, 2 pi))."""
     return (yaw + math.pi / 2.0) % (2.0 * math.pi)
@@ -120,7 +131,7 @@ class Pose:
     gnss_valid: bool  # False: position held from an earlier tick
     compass_valid: bool  # False: compass held from an earlier tick (or zero)
     relocalised: bool = False  # the position was re-acquired after a gap or a confirmed jump
-    moved: float = 0.0  # metres from the previous pose (for the planner's search after relocalising)
+    moved: float = 0.0  # metres the GNSS fix moved since the previous tick (the planner's search after relocalising)
     faults: tuple[Fault, ...] = ()  # rejected readings of this tick
 
     @property
@@ -135,8 +146,9 @@ class Pose:
 class Localizer:
     """Turns raw GNSS / compass readings into a Pose, rejecting impossible ones and holding the last valid."""
 
-    def __init__(self, reference: GeoReference) -> None:
+    def __init__(self, reference: GeoReference, mount_offset: tuple[float, float] = (0.0, 0.0)) -> None:
         self.reference = reference
+        self.mount_offset = (float(mount_offset[0]), float(mount_offset[1]))
         self._last_xy = (0.0, 0.0)
         self._last_compass = 0.0
         self._last_time: float | None = None  # timestamp of the last accepted position
@@ -186,9 +198,10 @@ class Localizer:
                 compass_problem = ("not_yet_valid", compass_problem[1])  # CARLA's IMU starts with NaN
             self.invalid_compass += 1
             faults.append(Fault("IMU", compass_problem[0], compass_problem[1], "held"))
+        x, y = self._vehicle_origin()
         return Pose(
-            x=self._last_xy[0],
-            y=self._last_xy[1],
+            x=x,
+            y=y,
             compass=self._last_compass,
             gnss_valid=gnss_ok,
             compass_valid=compass_problem is None,
@@ -196,6 +209,14 @@ class Localizer:
             moved=math.hypot(self._last_xy[0] - previous[0], self._last_xy[1] - previous[1]),
             faults=tuple(faults),
         )
+
+    def _vehicle_origin(self) -> tuple[float, float]:
+        """The last fix moved from the antenna to the vehicle origin (unshifted until a compass was seen)."""
+        x, y = self._last_xy
+        if self.mount_offset == (0.0, 0.0) or not self._have_compass:
+            return x, y
+        dx, dy = ego_offset_to_world(*self.mount_offset, self._last_compass)
+        return x - dx, y - dy
 
     def _accept(self, xy: tuple[float, float], timestamp: float | None) -> None:
         self._last_xy = xy

@@ -29,6 +29,11 @@ SPEED_ID = "SPEED"
 IMU_GNSS_POSE = {"x": -1.4, "y": 0.0, "z": 0.0, "roll": 0.0, "pitch": 0.0, "yaw": 0.0}
 
 
+def gnss_mount_offset() -> tuple[float, float]:
+    """Where the GNSS antenna sits on the car: (forward, right) metres from the vehicle origin."""
+    return IMU_GNSS_POSE["x"], IMU_GNSS_POSE["y"]
+
+
 def leaderboard_sensors() -> list[dict[str, Any]]:
     """The agent's `sensors()` list: 6 cameras, GNSS, IMU, speedometer (all within 3 m of the origin)."""
     sensors: list[dict[str, Any]] = [camera.leaderboard_sensor() for camera in BENCH2DRIVE_CAMERAS]

@@ -17,7 +17,8 @@ rejects impossible GNSS / compass readings; each is logged once per kind and rec
 `route_xy` is the plan in CARLA world metres ([N, 2]); `reference` the GNSS geoReference
 (`route_from_plans` builds both from the leaderboard's plans).
 
-Per tick: localise -> advance the route planner -> push the ego record. Every `inference_interval`
+Per tick: localise (the vehicle origin, or the GNSS antenna with `pose_origin: gnss_mount`) -> advance
+the route planner -> push the ego record. Every `inference_interval`
 ticks the policy runs on a lazy camera Mapping (front first, then only the camera the router picks),
 the controller turns the waypoints into a control, and a trace line is written. In between, the last
 control is held. During the first `initial_brake_ticks` ticks the control sent is a full brake.
@@ -43,9 +44,9 @@ import numpy as np
 from agent.runtime.config import AgentConfig
 from agent.runtime.controller import BRAKE, ControlCommand, Controller
 from agent.runtime.ego_history import EgoHistoryBuffer
-from agent.runtime.localization import GeoReference, Localizer, gps_to_world, solve_reference
+from agent.runtime.localization import GeoReference, Localizer, Pose, gps_to_world, solve_reference
 from agent.runtime.route_planner import RoutePlanner
-from agent.runtime.sensor_frames import LazyCameraImages, read_measurements
+from agent.runtime.sensor_frames import LazyCameraImages, gnss_mount_offset, read_measurements
 from agent.runtime.sensor_guard import Fault, FaultLog, SensorGuard
 from agent.runtime.routing_trace import TraceWriter, trace_record
 from model.augmentation import TestTimeAugmentation
@@ -116,7 +117,9 @@ class AgentStack:
         self.config = config
         self.policy = policy
         self.image_size = image_size
-        self.localizer = Localizer(reference)
+        # pose_origin "vehicle": every position below (planner, ego history, trace) is the vehicle origin, as in training
+        self.localizer = Localizer(reference, gnss_mount_offset() if config.pose_origin == "vehicle" else (0.0, 0.0))
+        self.pose: Pose | None = None  # the localised pose of the last tick
         self.planner = RoutePlanner(route_xy, config.planner.min_distance, config.planner.max_distance)
         self.history = EgoHistoryBuffer(history_steps, config.history_mode, wrap_theta=config.theta_wrap)
         self.controller = Controller(config.controller, config.desired_speed_mode)
@@ -173,7 +176,7 @@ class AgentStack:
         self.frame += 1
         measurements = read_measurements(input_data)
         guarded = self.guard.check(input_data, measurements.speed, measurements.speed_fault, self.frame)
-        pose = self.localizer.update(measurements.gnss, measurements.compass, measurements.speed, timestamp)
+        pose = self.pose = self.localizer.update(measurements.gnss, measurements.compass, measurements.speed, timestamp)
         faults = list(guarded.faults) + [self.guard.note(fault) for fault in pose.faults]
         if pose.relocalised:
             self.planner.relocate(pose.xy, pose.moved + self.config.planner.max_distance)

@@ -22,7 +22,7 @@ from leaderboard.autoagents import autonomous_agent
 
 from agent.runtime.config import AgentConfig, AgentConfigError, load_agent_config, parse_agent_config_argument
 from agent.runtime.metric_info import MetricInfoRecorder
-from agent.runtime.sensor_frames import leaderboard_sensors
+from agent.runtime.sensor_frames import ALL_CAMERAS, declared_cameras, leaderboard_sensors
 from agent.runtime.stack import AgentStack, route_from_plans
 from agent.runtime.routing_trace import TraceWriter, model_expert_names
 
@@ -68,6 +68,7 @@ class DriveMoEAgent(autonomous_agent.AutonomousAgent):
         self.save_name = save_name
         self.policy = load_policy(self.config, f"agent config {config_path}")
         model_config = policy_model_config(self.policy)
+        self.cameras = declared_cameras(self.config.camera_set, model_config.use_camera_router)
 
         if not self._global_plan or not self._global_plan_world_coord:
             raise RuntimeError("DriveMoEAgent.setup(): no global plan; the evaluator calls set_global_plan() first")
@@ -106,7 +107,8 @@ class DriveMoEAgent(autonomous_agent.AutonomousAgent):
         LOGGER.info("DriveMoE agent ready: %s, preset %s, %d route points", model_config.name, self.config.preset, len(route_xy))
 
     def sensors(self) -> list[dict[str, Any]]:
-        return leaderboard_sensors()
+        """The leaderboard calls setup() first (leaderboard_evaluator.py:364-368), so the config is known."""
+        return leaderboard_sensors(getattr(self, "cameras", ALL_CAMERAS))
 
     def run_step(self, input_data: dict, timestamp: float) -> carla.VehicleControl:
         """One tick. Never raises: the leaderboard would end the route as "Agent crashed"; any error

@@ -22,7 +22,7 @@ from leaderboard.autoagents import autonomous_agent
 
 from agent.runtime.config import AgentConfig, AgentConfigError, load_agent_config, parse_agent_config_argument
 from agent.runtime.metric_info import MetricInfoRecorder
-from agent.runtime.sensor_frames import leaderboard_sensors
+from agent.runtime.sensor_frames import ALL_CAMERAS, declared_cameras, leaderboard_sensors
 from agent.runtime.stack import AgentStack, route_from_plans
 from agent.runtime.routing_trace import TraceWriter, model_expert_names
 
@@ -49,6 +49,24 @@ def load_policy(config: AgentConfig, source: str) -> Any:
         raise AgentConfigError(f"{source}: field 'checkpoint' ({folder}): {error}") from None
 
 
+def limit_cpu_threads(config: AgentConfig, source: str) -> int | None:
+    """On `device: cpu`, torch's CPU threads as the `drivemoe` command sets them (DRIVEMOE_THREADS, else
+    half the cores, at most 4: model/cli.py); torch's default (every core) competes with the CARLA
+    server and the leaderboard on the same machine. None (torch untouched) on other devices."""
+    if str(config.device).split(":")[0] != "cpu":
+        return None
+    import torch
+    from model.cli import default_threads
+    from model.errors import DriveMoEError
+
+    try:
+        threads = default_threads()
+    except DriveMoEError as error:
+        raise AgentConfigError(f"{source} (device cpu): environment variable {error}") from None
+    torch.set_num_threads(threads)
+    return threads
+
+
 def policy_model_config(policy: Any) -> Any:
     """The ModelConfig a DrivePolicy was built with."""
     for name in ("model_config", "config"):
@@ -66,8 +84,10 @@ class DriveMoEAgent(autonomous_agent.AutonomousAgent):
         config_path, save_name = parse_agent_config_argument(path_to_conf_file)
         self.config = load_agent_config(config_path)
         self.save_name = save_name
+        self.cpu_threads = limit_cpu_threads(self.config, f"agent config {config_path}")
         self.policy = load_policy(self.config, f"agent config {config_path}")
         model_config = policy_model_config(self.policy)
+        self.cameras = declared_cameras(self.config.camera_set, model_config.use_camera_router)
 
         if not self._global_plan or not self._global_plan_world_coord:
             raise RuntimeError("DriveMoEAgent.setup(): no global plan; the evaluator calls set_global_plan() first")
@@ -106,7 +126,8 @@ class DriveMoEAgent(autonomous_agent.AutonomousAgent):
         LOGGER.info("DriveMoE agent ready: %s, preset %s, %d route points", model_config.name, self.config.preset, len(route_xy))
 
     def sensors(self) -> list[dict[str, Any]]:
-        return leaderboard_sensors()
+        """The leaderboard calls setup() first (leaderboard_evaluator.py:364-368), so the config is known."""
+        return leaderboard_sensors(getattr(self, "cameras", ALL_CAMERAS))
 
     def run_step(self, input_data: dict, timestamp: float) -> carla.VehicleControl:
         """One tick. Never raises: the leaderboard would end the route as "Agent crashed"; any error

@@ -59,18 +59,23 @@ class ActionRouter(nn.Module):
 def route(logits: torch.Tensor, top_k: int, dtype: torch.dtype, forced_experts: torch.Tensor | None = None) -> Routing:
     """Softmax in fp32, top-k in descending order, weights renormalised over the k chosen experts.
 
-    `forced_experts` ([B] expert ids, training only) replaces the learned choice by that single expert
-    with weight 1 (ground-truth expert selection); the logits still come from the router.
+    `forced_experts` ([B] expert ids: ground-truth selection in training, counterfactuals) replaces the
+    learned choice of a row by that single expert with weight 1 (its other top-k slots name it again with
+    weight 0); a negative id keeps the row's learned choice. The logits still come from the router.
     """
     probs = torch.softmax(logits.float(), dim=-1)
+    weights, idx = torch.topk(probs, top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
     if forced_experts is not None:
-        idx = forced_experts.long().unsqueeze(-1)
-        weights = torch.ones_like(idx, dtype=probs.dtype)
-    else:
-        weights, idx = torch.topk(probs, top_k, dim=-1)
-        weights = weights / weights.sum(dim=-1, keepdim=True)
+        forced = forced_experts.long().unsqueeze(-1)  # [B, 1]
+        learned = forced < 0
+        only_first = torch.zeros_like(weights)
+        only_first[:, 0] = 1.0
+        idx = torch.where(learned, idx, forced.expand_as(idx))
+        weights = torch.where(learned, weights, only_first)
     weights = weights.to(dtype)
-    dense = torch.zeros(probs.shape, dtype=dtype, device=probs.device).scatter(-1, idx, weights)
+    # scatter_add: a forced row repeats its expert (weight 0 after the first), which scatter would race on
+    dense = torch.zeros(probs.shape, dtype=dtype, device=probs.device).scatter_add(-1, idx, weights)
     return Routing(logits=logits, probs=probs, topk_idx=idx, topk_weights=weights, dense_weights=dense)
 
 

@@ -2,13 +2,14 @@
 
 For one observation the network runs once more per alternative, batched:
   - one vision-tower call encodes the two fronts and all five candidate cameras together;
-  - camera alternatives: one prefix + denoising call with one row per candidate forced as the first
+  - camera alternatives: one prefix call with one row per candidate forced as the first
     chosen view (the other top-K slots keep the router's next choices); the front tokens, the text
     embeddings and the ego-state input are computed once and shared by every row (the transformer's
     keys/values depend on the view, so they are not shared);
   - expert alternatives: the chosen camera's prefix keys/values are reused (the action router acts
-    on the action stream only) and one denoising call runs one row per skill expert, each forced with
-    weight 1 (as ground-truth expert selection does in training).
+    on the action stream only), one row per skill expert, each forced with weight 1 (as ground-truth
+    expert selection does in training);
+  - both kinds of rows run in one denoising call (camera rows keep the router's expert choice).
 All rows start from the observation's own flow noise, so the row of the router's own camera choice
 reproduces the actual prediction and the differences come from the routing alone. Sensitivity = the
 largest ADE (mean over the waypoints) between the chosen trajectory and an alternative, in metres.
@@ -89,11 +90,11 @@ def _distances(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(gap.mean()), float(gap[-1])
 
 
-def _rows_of(cache: PrefixCache, row: int, count: int) -> PrefixCache:
-    """A prefix cache of `count` copies of one row (own memory: denoising writes the action columns)."""
-    index = torch.full((count,), row, dtype=torch.long, device=cache.kv.keys.device)
+def _rows_of(cache: PrefixCache, rows: list[int]) -> PrefixCache:
+    """A prefix cache of the given rows, repeats allowed (own memory: denoising writes the action columns)."""
+    index = torch.tensor(rows, dtype=torch.long, device=cache.kv.keys.device)
     kv = KVCache(cache.kv.keys.index_select(1, index), cache.kv.values.index_select(1, index))
-    return PrefixCache(kv=kv, prefix_len=cache.prefix_len, action_mask=cache.action_mask[row:row + 1].expand(count, -1, -1, -1),
+    return PrefixCache(kv=kv, prefix_len=cache.prefix_len, action_mask=cache.action_mask.index_select(0, index.to(cache.action_mask.device)),
                        action_cos=cache.action_cos, action_sin=cache.action_sin)
 
 
@@ -122,18 +123,19 @@ def counterfactual_routing(policy: DrivePolicy, observation: Observation) -> Cou
     input_ids = policy._input_ids.expand(n, -1)
     attention_mask = policy._attention_mask.expand(n, -1)
     cache = model.build_prefix_cache(input_ids, attention_mask, image_tokens, proprio.expand(n, -1, -1))
-    camera_out = model.denoise(cache, noise=noise.expand(n, -1, -1))
-    camera_paths = cfg.stats.denormalize_trajectory(camera_out["final_action"].float()).cpu().numpy()
+    count = cfg.action_moe.num_experts if cfg.use_action_moe else 0
+    if count:  # one denoising call: the n camera rows (router's experts), then count rows on the chosen camera's prefix
+        cache = _rows_of(cache, [*range(n), *[selected[0]] * count])
+        forced = torch.tensor([-1] * n + list(range(count)), dtype=torch.long, device=device)
+        out = model.denoise(cache, noise=noise.expand(n + count, -1, -1), forced_experts=forced)
+    else:
+        out = model.denoise(cache, noise=noise.expand(n, -1, -1))
+    paths = cfg.stats.denormalize_trajectory(out["final_action"].float()).cpu().numpy()
+    camera_paths, expert_paths = paths[:n], paths[n:]
     chosen = camera_paths[selected[0]]
     cameras = tuple(Alternative("camera", ROUTER_CANDIDATES[c], c, camera_paths[c], *_distances(camera_paths[c], chosen))
                     for c in range(n))
-    experts: tuple[Alternative, ...] = ()
-    if cfg.use_action_moe:
-        count = cfg.action_moe.num_experts
-        names = expert_names(count)
-        forced = torch.arange(count, device=device)
-        expert_out = model.denoise(_rows_of(cache, selected[0], count), noise=noise.expand(count, -1, -1), forced_experts=forced)
-        expert_paths = cfg.stats.denormalize_trajectory(expert_out["final_action"].float()).cpu().numpy()
-        experts = tuple(Alternative("expert", names[e], e, expert_paths[e], *_distances(expert_paths[e], chosen))
-                        for e in range(count))
+    names = expert_names(count) if count else []
+    experts = tuple(Alternative("expert", names[e], e, expert_paths[e], *_distances(expert_paths[e], chosen))
+                    for e in range(count))
     return Counterfactual(tuple(ROUTER_CANDIDATES[k] for k in selected), chosen, cameras, experts)

@@ -203,7 +203,7 @@ class DriveMoE(nn.Module):
     def action_step(self, cache: PrefixCache, x: torch.Tensor, t: torch.Tensor, forced_experts: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, JointOutput, dict[str, torch.Tensor]]:
         """One velocity evaluation of the action stream against the cached prefix (`forced_experts` [B]:
-        each row driven by that one skill expert with weight 1 instead of the router's top-k)."""
+        each row driven by that one skill expert with weight 1 instead of the router's top-k; -1: the router's)."""
         time_emb = sinusoidal_time_embedding(t, self.config.joint.action.hidden_size, self.config.flow.time_max_period)
         action_embeds = self.action_encoder(x, time_emb)
         out = self.joint_model({"action": StreamInput(action_embeds, cache.action_cos, cache.action_sin)}, cache.action_mask,
@@ -250,7 +250,7 @@ class DriveMoE(nn.Module):
     def denoise(self, cache: PrefixCache, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 return_intermediates: bool = False, forced_experts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """N Euler steps x <- x + v/N from noise (given [B, H, A], or drawn with `generator`).
-        `forced_experts` ([B] expert ids) overrides the action router's choice (counterfactuals).
+        `forced_experts` ([B] expert ids, -1 = the router's choice) overrides the action router (counterfactuals).
 
         Returns final_action (clamped), final_action_preclamp, euler_states [B, N+1, H, A] and, for
         DriveMoE, action_router_{logits,probs,topk_idx,topk_weights} [N, B, .]. The Euler state stays

@@ -224,3 +224,24 @@ def test_setup_errors_name_the_file_and_field(tmp_path, tiny_checkpoint, monkeyp
     (broken / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
     with pytest.raises(AgentConfigError, match=r"'checkpoint'.*model\.safetensors not found"):
         make_agent(tmp_path, broken, monkeypatch=monkeypatch)
+
+
+def test_cpu_device_limits_torch_threads_like_the_drivemoe_command(tmp_path, tiny_checkpoint, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("DRIVEMOE_THREADS", raising=False)
+        monkeypatch.setattr("os.cpu_count", lambda: 6)
+        torch.set_num_threads(5)
+        agent = make_agent(tmp_path / "cores", tiny_checkpoint, save=False, monkeypatch=monkeypatch)
+        assert agent.cpu_threads == 3 and torch.get_num_threads() == 3  # half of 6 cores (model/cli.py)
+        monkeypatch.setenv("DRIVEMOE_THREADS", "2")
+        agent = make_agent(tmp_path / "variable", tiny_checkpoint, save=False, monkeypatch=monkeypatch)
+        assert agent.cpu_threads == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("DRIVEMOE_THREADS", "many")
+        with pytest.raises(AgentConfigError, match=r"agent\.yaml \(device cpu\): environment variable DRIVEMOE_THREADS='many'"):
+            make_agent(tmp_path / "bad", tiny_checkpoint, save=False, monkeypatch=monkeypatch)
+        config = drivemoe_agent.AgentConfig(checkpoint=str(tiny_checkpoint), device="cuda")
+        torch.set_num_threads(5)
+        assert drivemoe_agent.limit_cpu_threads(config, "x.yaml") is None and torch.get_num_threads() == 5
+    finally:
+        torch.set_num_threads(before)

@@ -420,3 +420,21 @@ def test_a_full_disk_never_changes_the_control(tmp_path, caplog):
     assert [o.control for o in outputs] == [o.control for o in run(reference, datas)]
     assert stack.guard.counts[("trace", "OSError")] == 2 and stack.fault_log.failed
     assert sum("No space left" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fault_lines_are_strict_json_with_non_finite_numbers_named(tmp_path):
+    from agent.runtime.sensor_guard import Fault, FaultLog
+
+    log = FaultLog(tmp_path)
+    fault = Fault("SPEED", "not_finite", "speed nan", "brake")
+    log.append(3, float("nan"), [fault], {"steer": float("inf"), "throttle": 0.0, "brake": 1.0})
+    log.append(4, 0.2, [fault], {"steer": 0.0, "throttle": 0.0, "brake": 1.0})
+    log.close()
+
+    def strict(text):
+        raise ValueError(f"not strict JSON: {text}")
+
+    lines = [json.loads(line, parse_constant=strict) for line in (tmp_path / FAULTS_FILE).read_text().splitlines()]
+    assert lines[0]["sim_time"] is None and lines[0]["control"] == {"steer": None, "throttle": 0.0, "brake": 1.0}
+    assert lines[0]["non_finite"] == ["sim_time", "control.steer"]
+    assert lines[1] == {"frame": 4, "sim_time": 0.2, "faults": [fault.as_dict()], "control": {"steer": 0.0, "throttle": 0.0, "brake": 1.0}}

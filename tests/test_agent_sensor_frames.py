@@ -11,6 +11,7 @@ from agent.runtime.sensor_frames import (
     SPEED_ID,
     LazyCameraImages,
     bgra_to_rgb,
+    declared_cameras,
     leaderboard_sensors,
     read_measurements,
 )
@@ -32,6 +33,21 @@ def test_sensor_list_has_the_rig_and_the_three_other_sensors():
     gnss = next(s for s in sensors if s["id"] == GNSS_ID)
     assert (gnss["x"], gnss["y"], gnss["z"]) == (-1.4, 0.0, 0.0)
     assert next(s for s in sensors if s["id"] == SPEED_ID)["type"] == "sensor.speedometer"
+
+
+@pytest.mark.parametrize("camera_set, router, expected", [
+    ("bench2drive_rig", True, 6), ("bench2drive_rig", False, 6), ("authors_agent", True, 6), ("authors_agent", False, 2)])
+def test_declared_cameras_follow_the_authors_agent_of_each_model(camera_set, router, expected):
+    cameras = declared_cameras(camera_set, uses_camera_router=router)
+    assert len(cameras) == expected
+    sensors = leaderboard_sensors(cameras)
+    declared = [s["id"] for s in sensors if s["type"] == "sensor.camera.rgb"]
+    assert declared == list(cameras)
+    if expected == 2:  # Drive-pi0 in the authors' agent: front and back, their poses (drivepi0_carla_agent.py:137-150)
+        front, back = (s for s in sensors if s["type"] == "sensor.camera.rgb")
+        assert (front["id"], front["x"], front["z"], front["yaw"], front["fov"]) == (FRONT, 0.80, 1.60, 0.0, 70.0)
+        assert (back["id"], back["x"], back["z"], back["yaw"], back["fov"]) == ("CAM_BACK", -2.0, 1.60, 180.0, 110.0)
+    assert [s["id"] for s in sensors if s["type"] != "sensor.camera.rgb"] == [GNSS_ID, IMU_ID, SPEED_ID]
 
 
 def test_bgra_to_rgb_swaps_channels_and_drops_alpha():

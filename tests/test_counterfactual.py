@@ -55,6 +55,12 @@ def test_forced_experts_drive_each_row_with_that_expert(tiny):
     free = model.denoise(cache, noise=noise)
     assert torch.allclose(free["final_action"][0], free["final_action"][1])  # same rows, learned choice: same output
 
+    # -1 keeps the router's choice: one mixed call (counterfactual_routing's batch) equals the two separate calls
+    mixed = model.denoise(cache, noise=noise, forced_experts=torch.tensor([-1, -1, *range(2, e)]))
+    assert torch.equal(mixed["final_action"][:2], free["final_action"][:2])
+    assert torch.equal(mixed["final_action"][2:], actions[2:])
+    assert torch.equal(mixed["action_router_topk_idx"][:, :2], free["action_router_topk_idx"][:, :2])
+
 
 def test_replay_writes_counterfactuals_whose_chosen_row_is_the_prediction(tiny, clip, tmp_path):
     policy, folder = tiny

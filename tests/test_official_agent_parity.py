@@ -8,7 +8,8 @@ recording: the ticks that call the model; every image slot (uint8 and the float3
 prompt ids; ego state and goal <= 1e-6; the metre trajectory, desired speed, aim point, both PIDs'
 terms and every control <= 1e-6. A Drive-pi0 stand-in (no camera router) is checked on the same stream
 for the fronts, ego state and controls (the authors' Drive-pi0 agent shares this schedule and
-controller: drivepi0_carla_agent.py differs only in its cameras and model).
+controller: drivepi0_carla_agent.py differs only in its cameras and model), fed only the sensors the
+agent declares (for Drive-pi0: CAM_FRONT and CAM_BACK).
 """
 from __future__ import annotations
 
@@ -171,15 +172,17 @@ def replay(recording: Recording, model_name: str, tmp_path: Path, monkeypatch) -
     gps, world = recording.plans()
     agent.set_global_plan(gps, world)
     agent.setup(f"{yaml}+{recording.folder.name}")
+    sensors = agent.sensors()  # the evaluator asks after setup() (leaderboard_evaluator.py:364-368)
+    declared = {sensor["id"] for sensor in sensors}
 
-    out = {"network": network, "agent": agent, "called": [], "controls": [], "pid": {}}
+    out = {"network": network, "agent": agent, "called": [], "controls": [], "pid": {}, "sensors": sensors}
     stack = agent.stack
     for k in range(recording.num_ticks):
         autonomous_agent.GameTime.frame = int(recording.ticks["frame"][k])
         autonomous_agent.GameTime.time = float(recording.ticks["game_time"][k])
         before = len(network.calls)
         network.tick = k
-        agent.sensor_interface.put(recording.input_data(k))
+        agent.sensor_interface.put({key: value for key, value in recording.input_data(k).items() if key in declared})
         control = agent()
         out["controls"].append((control.steer, control.throttle, control.brake))
         out["called"].append(len(network.calls) > before)
@@ -263,6 +266,18 @@ def test_trace_holds_the_recorded_metre_trajectories_and_the_header_every_switch
     switches = header["preset"]["switches"]
     assert switches["dtype"] == "float32" and switches["planner"] == {"plan": "dense"}
     assert switches["test_time_augmentation"] is False  # the YAML's override is what the run used
+
+
+def test_official_declares_the_cameras_of_the_authors_agent_of_each_model(drivemoe_replay, drivepi0_replay):
+    def cameras(replay):
+        return [s["id"] for s in replay["sensors"] if s["type"] == "sensor.camera.rgb"]
+
+    # drivemoe_carla_agent.py:132-176 declares the six; drivepi0_carla_agent.py:134-150 front and back
+    assert cameras(drivemoe_replay) == [FRONT, "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
+    assert cameras(drivepi0_replay) == [FRONT, "CAM_BACK"]
+    for replay in (drivemoe_replay, drivepi0_replay):
+        others = sorted(s["id"] for s in replay["sensors"] if s["type"] != "sensor.camera.rgb")
+        assert others == ["GPS", "IMU", "SPEED"]
 
 
 def test_drivepi0_official_replays_the_same_stream(recording, drivepi0_replay):

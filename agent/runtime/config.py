@@ -25,6 +25,7 @@ INFERENCE_STARTS: tuple[str, ...] = ("first_tick", "after_initial_brake")
 JPEG_CHANNELS: tuple[str, ...] = ("rgb", "authors_swapped")
 AIM_ORIGINS: tuple[str, ...] = ("first_waypoint", "ego")
 POSE_ORIGINS: tuple[str, ...] = ("vehicle", "gnss_mount")
+CAMERA_SETS: tuple[str, ...] = ("bench2drive_rig", "authors_agent")
 
 
 class AgentConfigError(ValueError):
@@ -121,6 +122,7 @@ class AgentConfig:
     jpeg_channels: str = "rgb"  # authors_swapped: the JPEG round trip sees R and B swapped, as in their agent
     desired_speed_mode: str = "half_second"
     pose_origin: str = "vehicle"  # the point the pose describes: vehicle origin (training data) or GNSS antenna
+    camera_set: str = "bench2drive_rig"  # cameras sensors() declares; authors_agent: Drive-pi0 only front and back
     controller: ControllerConfig = ControllerConfig()
     planner: PlannerConfig = PlannerConfig()
     save: SaveConfig = SaveConfig()
@@ -142,6 +144,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         "jpeg_channels": "rgb",
         "desired_speed_mode": "half_second",
         "pose_origin": "vehicle",
+        "camera_set": "bench2drive_rig",
         "controller": {"aim_origin": "first_waypoint", "min_aim_norm": 0.5, "creep": {"enabled": True}},
         "planner": {"plan": "sparse"},
     },
@@ -155,6 +158,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         "jpeg_channels": "authors_swapped",
         "desired_speed_mode": "official",
         "pose_origin": "gnss_mount",
+        "camera_set": "authors_agent",
         "controller": {"aim_origin": "ego", "min_aim_norm": 0.0, "creep": {"enabled": False}},
         "planner": {"plan": "dense"},
     },
@@ -192,6 +196,7 @@ def _validate(config: AgentConfig, source: str) -> AgentConfig:
         "jpeg_channels": (config.jpeg_channels, JPEG_CHANNELS),
         "controller.aim_origin": (config.controller.aim_origin, AIM_ORIGINS),
         "pose_origin": (config.pose_origin, POSE_ORIGINS),
+        "camera_set": (config.camera_set, CAMERA_SETS),
     }
     for name, (value, allowed) in choices.items():
         if value not in allowed:

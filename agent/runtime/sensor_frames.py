@@ -1,8 +1,8 @@
 """Sensor declarations, per-tick sensor reading, and the lazy camera-image Mapping for the policy.
 
-`leaderboard_sensors()` declares the six Bench2Drive cameras exactly as model/cameras.py defines
-them, plus GNSS and IMU at (-1.4, 0, 0) and the speedometer. `read_measurements()` pulls GNSS, IMU
-and speed out of the leaderboard's `input_data` (dict id -> (frame, data)) without ever raising on
+`leaderboard_sensors()` declares the six Bench2Drive cameras (or, `declared_cameras()`, the two the
+authors' Drive-pi0 agent declares) exactly as model/cameras.py defines them, plus GNSS and IMU at
+(-1.4, 0, 0) and the speedometer. `read_measurements()` pulls GNSS, IMU and speed out of the leaderboard's `input_data` (dict id -> (frame, data)) without ever raising on
 a missing or NaN reading. `LazyCameraImages` converts a camera only when the policy asks for it
 (BGRA -> RGB, JPEG round trip, resize via model/image_preprocessing.py), records the order of
 those requests, and serves the previous inference's prepared front as CAM_FRONT_PREVIOUS.
@@ -34,9 +34,25 @@ def gnss_mount_offset() -> tuple[float, float]:
     return IMU_GNSS_POSE["x"], IMU_GNSS_POSE["y"]
 
 
-def leaderboard_sensors() -> list[dict[str, Any]]:
-    """The agent's `sensors()` list: 6 cameras, GNSS, IMU, speedometer (all within 3 m of the origin)."""
-    sensors: list[dict[str, Any]] = [camera.leaderboard_sensor() for camera in BENCH2DRIVE_CAMERAS]
+ALL_CAMERAS: tuple[str, ...] = tuple(camera.name for camera in BENCH2DRIVE_CAMERAS)
+# What the authors' Drive-pi0 agent declares (drivepi0_carla_agent.py:134-150); it feeds only the two
+# fronts to the model, CAM_BACK is read and dropped. Their extra top-down "bev" camera (:174-182) only
+# feeds their saved pictures and is not declared here (docs/conventions.md, `camera_set`).
+DRIVE_PI0_AUTHORS_CAMERAS: tuple[str, ...] = (FRONT, "CAM_BACK")
+
+
+def declared_cameras(camera_set: str, uses_camera_router: bool) -> tuple[str, ...]:
+    """The camera ids `sensors()` declares: the whole rig, or (`authors_agent`) what the authors' agent of
+    this model declares: all six for DriveMoE (drivemoe_carla_agent.py:132-176), front and back for Drive-pi0."""
+    if camera_set == "authors_agent" and not uses_camera_router:
+        return DRIVE_PI0_AUTHORS_CAMERAS
+    return ALL_CAMERAS
+
+
+def leaderboard_sensors(cameras: tuple[str, ...] = ALL_CAMERAS) -> list[dict[str, Any]]:
+    """The agent's `sensors()` list: the given cameras of the rig (in rig order), GNSS, IMU and the
+    speedometer (all within 3 m of the origin)."""
+    sensors: list[dict[str, Any]] = [camera.leaderboard_sensor() for camera in BENCH2DRIVE_CAMERAS if camera.name in cameras]
     sensors.append({"type": "sensor.other.gnss", "id": GNSS_ID, **IMU_GNSS_POSE, "sensor_tick": 0.05})
     sensors.append({"type": "sensor.other.imu", "id": IMU_ID, **IMU_GNSS_POSE, "sensor_tick": 0.05})
     sensors.append({"type": "sensor.speedometer", "id": SPEED_ID, "reading_frequency": 20})

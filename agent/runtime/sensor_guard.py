@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.runtime.routing_trace import strict_json_record
 from model.cameras import BENCH2DRIVE_CAMERAS
 
 LOGGER = logging.getLogger(__name__)
@@ -229,16 +230,17 @@ _ACTION_WORDS = {
 }
 
 
-def _finite_or_none(value: Any) -> float | None:
+def _float_or_none(value: Any) -> float | None:
+    """A number as float (NaN and inf kept, for strict_json_record to null and list), else None."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) else None
 
 
 class FaultLog:
-    """Appends one JSON line per tick with faults to <folder>/faults.jsonl (see docs/agent-robustness.md)."""
+    """Appends one JSON line per tick with faults to <folder>/faults.jsonl (see docs/agent-robustness.md):
+    strict JSON like trace.jsonl, a non-finite number written as null and its field named in `non_finite`."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / FAULTS_FILE
@@ -249,12 +251,13 @@ class FaultLog:
     def append(self, frame: int, sim_time: Any, faults: tuple[Fault, ...] | list[Fault], control: dict[str, float]) -> None:
         if self.failed:
             return
-        record = {"frame": int(frame), "sim_time": _finite_or_none(sim_time),
-                  "faults": [f.as_dict() for f in faults], "control": {k: float(v) for k, v in control.items()}}
+        record = {"frame": int(frame), "sim_time": _float_or_none(sim_time),
+                  "faults": [f.as_dict() for f in faults], "control": {k: _float_or_none(v) for k, v in control.items()}}
+        line = json.dumps(strict_json_record(record), allow_nan=False)  # strict JSON, as trace.jsonl
         try:
             if self._handle is None:
                 self._handle = open(self.path, "w", encoding="utf-8")
-            self._handle.write(json.dumps(record) + "\n")
+            self._handle.write(line + "\n")
             self._handle.flush()
         except OSError as error:  # a full or read-only disk must not change what the car does
             self.failed = True

@@ -115,17 +115,25 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2
     write_text_atomic(path, text)
 
 
+def read_text_file(path: str | os.PathLike, error: type[Exception] = JSONFileError, label: str = "") -> str:
+    """A UTF-8 text file's contents; `error` (message "<label or path>: file not found / not UTF-8 text /
+    cannot read") for anything a user's file can be instead of text."""
+    path = Path(path)
+    where = label or str(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{where}: file not found") from None
+    except UnicodeDecodeError as decode_error:
+        raise error(f"{where}: not UTF-8 text (byte {decode_error.start})") from None
+    except OSError as os_error:
+        raise error(f"{where}: cannot read ({os_error.strerror or os_error})") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Load a JSON file; raise JSONFileError naming the file and the problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JSONFileError(f"{path}: file not found") from None
-    except UnicodeDecodeError as error:
-        raise JSONFileError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise JSONFileError(f"{path}: cannot read ({error.strerror})") from None
+    text = read_text_file(path)
     if not text.strip():
         raise JSONFileError(f"{path}: file is empty")
     try:

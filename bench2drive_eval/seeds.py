@@ -17,7 +17,7 @@ from typing import Callable
 
 import yaml
 
-from bench2drive_eval.jsonio import JSONFileError, read_json, write_json_atomic, write_text_atomic
+from bench2drive_eval.jsonio import JSONFileError, read_json, read_text_file, write_json_atomic, write_text_atomic
 
 SEEDS_FILE = "seeds.json"
 FORMAT = "bench2drive-eval-seeds/1"
@@ -87,10 +87,9 @@ def expand_runs(path: str | Path) -> list[tuple[str, Path]]:
 
 def write_derived_config(source: Path, seed: int, dest: Path) -> None:
     """The agent YAML with `seed` set; a relative checkpoint path is made absolute (the copy lives elsewhere)."""
+    text = read_text_file(source, SeedsError, f"--agent-config {source}")
     try:
-        values = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise SeedsError(f"--agent-config {source}: cannot read ({error.strerror})") from None
+        values = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise SeedsError(f"--agent-config {source}: not valid YAML ({error})") from None
     if not isinstance(values, dict):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from bench2drive_eval.jsonio import read_text_file
 from model.config import ModelConfig
 from model.drivemoe import DriveMoE
 from model.errors import CheckpointError
@@ -167,8 +168,8 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
     if not path.is_file():
         raise CheckpointError(f"model folder {directory}: {CONFIG_FILE} not found")
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        payload = json.loads(read_text_file(path, CheckpointError))
+    except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise CheckpointError(f"{path}: not a {FORMAT} config (missing 'format'/'model')")

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from tqdm import tqdm
 
+from bench2drive_eval.jsonio import read_text_file
 from model.checkpoints import LoadReport, build_model, dtype_name, load_into_model, load_official_checkpoint, parse_dtype, save_pretrained
 from model.config import ModelConfig
 from model.errors import CheckpointError
@@ -64,7 +65,7 @@ def read_official_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official config not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, ValueError, f"official config {path}")
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -164,7 +165,7 @@ def read_stats(path: str | Path) -> NormalizationStats:
     if not path.is_file():
         raise FileNotFoundError(f"statistics file not found: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(path, ValueError))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     return NormalizationStats.from_dict(data, source=str(path))

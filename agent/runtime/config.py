@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bench2drive_eval.jsonio import read_text_file
 from model.dataclass_dicts import build_dataclass
 
 PRESETS: tuple[str, ...] = ("default", "official")
@@ -255,12 +256,7 @@ def agent_config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Ag
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Read a YAML agent config; relative `checkpoint` paths are resolved against the YAML's folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AgentConfigError(f"agent config {path}: file not found") from None
-    except OSError as error:
-        raise AgentConfigError(f"agent config {path}: cannot read ({error.strerror})") from None
+    text = read_text_file(path, AgentConfigError, f"agent config {path}")
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Mapping
 import yaml
 from pydantic import Field
 
+from bench2drive_eval.jsonio import read_text_file
 from model.dataclass_dicts import build_dataclass
 from model.errors import DriveMoEError
 
@@ -149,10 +150,11 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML training config; `overrides` maps 'section.key' to a value (from the CLI)."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} not found")
+    text = read_text_file(path, TrainConfigError, f"training config {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"training config {path} not found") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise TrainConfigError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(data, dict):

@@ -222,13 +222,24 @@ class _Toy(nn.Module):
 TOY_NAMES = ("always", "rank_one", "first_micro", "not_step_1", "never")
 
 
-def _bucket_view_worker(rank, world, port, queue):
+def _bucket_view_worker(rank, world, store_file, queue):
     """Three optimiser steps of two micro-batches each, with and without DDP's bucket view, through the
-    loop's GradientSync; per step the gradients the optimiser sees (value, storage address and size)."""
+    loop's GradientSync; per step the gradients the optimiser sees (value, storage address and size).
+    A failure is sent as ("error", traceback) so the test shows it instead of waiting for a result."""
+    try:
+        _bucket_view_steps(rank, world, store_file, queue)
+    except BaseException:
+        import traceback
+
+        queue.put((rank, ("error", traceback.format_exc())))
+
+
+def _bucket_view_steps(rank, world, store_file, queue):
     from model.training.train import GradientSync
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file store: no TCP port chosen in advance that another process could take in between
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     try:
         out = {}
         for bucket_view in (True, False):
@@ -261,20 +272,22 @@ def _bucket_view_worker(rank, world, port, queue):
         dist.destroy_process_group()
 
 
-def test_ddp_bucket_view_gradients_are_bucket_views_and_train_identically():
+def test_ddp_bucket_view_gradients_are_bucket_views_and_train_identically(tmp_path):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_bucket_view_worker, args=(r, 2, port, queue)) for r in range(2)]
+    store_file = tmp_path / "gloo_store"
+    procs = [ctx.Process(target=_bucket_view_worker, args=(r, 2, str(store_file), queue)) for r in range(2)]
     for p in procs:
         p.start()
     try:  # read before joining: a worker exits only once its result has left the pipe
-        results = dict(queue.get(timeout=120) for _ in range(2))
+        results = dict(queue.get(timeout=300) for _ in range(2))
     finally:
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
+    errors = [out[1] for out in results.values() if isinstance(out, tuple) and out[:1] == ("error",)]
+    assert not errors, errors[0]
     assert all(p.exitcode == 0 for p in procs)
     all_params_bytes = len(TOY_NAMES) * (16 + 4) * 4  # one DDP bucket holds every parameter, fp32
     for rank in (0, 1):

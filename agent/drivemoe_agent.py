@@ -166,6 +166,8 @@ class DriveMoEAgent(autonomous_agent.AutonomousAgent):
         for writer in writers:
             if writer is not None:
                 writer.close()
+        if getattr(self, "stack", None) is not None:
+            self.stack.close()
         self.stack = None
         self.policy = None
         gc.collect()

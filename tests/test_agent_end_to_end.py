@@ -167,8 +167,11 @@ def test_agent_under_the_evaluator_calling_sequence(tmp_path, tiny_checkpoint, f
     lines_before_destroy = (save_dir / "trace.jsonl").read_text().splitlines()
     assert len(lines_before_destroy) == n // 2  # flushed as it happens
 
+    preparer = agent.stack._preparer
+    assert preparer._pool is not None  # prepare_threads 2: one helper thread per route
     agent.destroy()
     assert agent.policy is None and agent.stack is None
+    assert preparer._pool is None  # released with the route, not left to the garbage collector
 
     header = json.loads((save_dir / "trace_header.json").read_text())
     assert header["format"] == "drivemoe-trace" and header["version"] == 2

@@ -285,6 +285,12 @@ class AgentStack:
             self.fault_log.append(self.frame, timestamp, faults, sent.as_dict())
         return TickOutput(sent, True, record, prediction)
 
+    def close(self) -> None:
+        """Release the route's camera-preparation threads (the leaderboard builds a new agent per route)."""
+        close = getattr(self._preparer, "close", None)
+        if close is not None:
+            close()
+
     def _written(self, write: Callable[[], Any], what: str) -> Any:
         """Run a trace write; a full or read-only disk is logged once and never changes the control."""
         try:

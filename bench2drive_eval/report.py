@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", choices=("v0.0.3", "v0.0.4"), default="v0.0.3")
     parser.add_argument("--carla-root", help="CARLA folder with OpenDRIVE maps (Traffic_Signs junction check)")
     parser.add_argument("--save-path", help="per-route outputs with metric_info.json (Comfort/Smoothness)")
-    parser.add_argument("--title", default="", help="report title (default: the run path)")
+    parser.add_argument("--title", default="", help="report title and plot legend (default: the run folder or results file name)")
     bootstrap.add_arguments(parser)
 
 
@@ -253,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
     merged = load_run(args.run)
     metrics = compute_metrics(merged, routes=args.routes, benchmark=args.benchmark,
                               carla_root=args.carla_root, save_path=args.save_path)
-    title = args.title or ", ".join(args.run)
+    title = args.title or ", ".join(Path(run).stem if Path(run).is_file() else Path(run).resolve().name for run in args.run)
     intervals = report_intervals(title, merged, metrics, bootstrap.settings_from_args(args), args.routes,
                                  args.carla_root)
     write_outputs(args.out, merged, metrics, intervals.run if intervals is not None else None)
